@@ -2,7 +2,6 @@ package engine
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -271,12 +270,14 @@ func (b *Broker) DeclareQueue(name string, opts QueueOptions) error {
 		return ErrClosed
 	}
 	defer b.leave()
-	_, err := b.declare(name, opts, true)
+	_, err := b.declare(name, opts, true, true)
 	return err
 }
 
 // declare returns the named queue, creating it when create is set.
-func (b *Broker) declare(name string, opts QueueOptions, create bool) (*Queue, error) {
+// With strict, an existing queue of the other durability is an error;
+// publishers and consumers use whatever queue is there.
+func (b *Broker) declare(name string, opts QueueOptions, create, strict bool) (*Queue, error) {
 	if err := ValidateQueueName(name); err != nil {
 		return nil, err
 	}
@@ -288,6 +289,9 @@ func (b *Broker) declare(name string, opts QueueOptions, create bool) (*Queue, e
 	q := b.queues[name]
 	b.mu.RUnlock()
 	if q != nil {
+		if !strict {
+			return q, nil
+		}
 		if q.durable == opts.Temporary {
 			return nil, fmt.Errorf("%w: %q", ErrQueueExists, name)
 		}
@@ -478,7 +482,7 @@ func (b *Broker) Consume(queue string, sink Sink, opts ConsumeOptions) (*Consume
 		return nil, ErrClosed
 	}
 	defer b.leave()
-	q, err := b.declare(queue, QueueOptions{}, true)
+	q, err := b.declare(queue, QueueOptions{}, true, false)
 	if err != nil {
 		return nil, err
 	}
@@ -588,10 +592,7 @@ func (b *Broker) moveEntries(src *Queue, es []*qentry, dst string, rewrite func(
 	var placed []*qentry
 	if dst != "" {
 		var err error
-		dq, err = b.declare(dst, QueueOptions{Temporary: !src.durable}, true)
-		if errors.Is(err, ErrQueueExists) {
-			dq, err = b.queue(dst)
-		}
+		dq, err = b.declare(dst, QueueOptions{Temporary: !src.durable}, true, false)
 		if err != nil {
 			return err
 		}

@@ -299,8 +299,9 @@ func (q *Queue) armTimerLocked(now int64) {
 		}
 	}
 	if s := q.sched.peek(); s != nil {
-		if len(q.consumers) > 0 {
-			consider(int64(s.Key.Hi))
+		// A due entry that nobody could take waits for credit, not a timer.
+		if due := int64(s.Key.Hi); len(q.consumers) > 0 && due > now {
+			consider(due)
 		}
 		consider(s.ExpiresAt)
 	}

@@ -261,7 +261,7 @@ func (tx *Txn) route(sc *scratch, m *Message) ([]*Queue, error) {
 	b := tx.b
 	sc.queues = sc.queues[:0]
 	if m.ToQueue {
-		q, err := b.declare(m.Topic, QueueOptions{}, true)
+		q, err := b.declare(m.Topic, QueueOptions{}, true, false)
 		if err != nil {
 			return nil, err
 		}
