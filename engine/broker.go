@@ -138,15 +138,28 @@ func (b *Broker) Close() error {
 		qs = append(qs, q)
 	}
 	b.mu.Unlock()
+	b.ops.Wait()
+	// Unacked messages will be redelivered after the restart: record the
+	// attempts they had so their delivery counts come back exactly.
+	var bt Batch
 	for _, q := range qs {
 		q.mu.Lock()
 		if q.timer != nil {
 			q.timer.Stop()
 			q.timer = nil
 		}
+		if q.durable && !q.deleted {
+			for _, e := range q.unacked {
+				bt.PutEntry(q.name, e.idx, e.Entry)
+			}
+		}
 		q.mu.Unlock()
 	}
-	b.ops.Wait()
+	if bt.Len() > 0 {
+		if err := b.store.Apply(&bt, true); err != nil {
+			b.storeError(err)
+		}
+	}
 	if p := b.storeErr.Load(); p != nil {
 		return *p
 	}

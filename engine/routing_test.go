@@ -247,6 +247,11 @@ func TestRecoveryRestoresQueuesCountsDelaysAndDLQ(t *testing.T) {
 	// m3 and m4 were unacked at the restart: they come back, redelivered;
 	// the delayed message is not due yet.
 	expectBodies(t, "after restart", ds, "m3", "m4")
+	for _, d := range ds {
+		if d.Count != 2 {
+			t.Fatalf("%s: delivery count %d after restart, want 2", d.Msg.Body, d.Count)
+		}
+	}
 	h.clock.Advance(time.Hour)
 	if got := bodies(r2.take()); !slices.Contains(got, "delayed") {
 		t.Fatalf("delayed message not delivered when due after restart: %q", got)

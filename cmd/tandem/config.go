@@ -1,0 +1,462 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/tandem-mq/tandem/engine"
+	"github.com/tandem-mq/tandem/persist"
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is everything the tandem binary can be told. Its zero value means
+// "all defaults": EnsureDefaults fills every unset field, and Validate
+// checks the result. configs/tandem.yaml documents every field with its
+// default; a test keeps the two in step.
+//
+// Values are layered, each layer overriding the ones before it: the
+// defaults, then the YAML file given by --config, then TANDEM_* environment
+// variables, then command-line flags.
+type Config struct {
+	// DataDir is the directory of the Pebble database.
+	DataDir string `yaml:"data_dir"`
+	// DiskFreeLimit is the free disk space under which publishers will be
+	// refused. Not enforced yet.
+	DiskFreeLimit ByteSize `yaml:"disk_free_limit"`
+	// ShutdownTimeout bounds how long a graceful shutdown waits for open
+	// connections to finish before closing them.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+
+	Listeners ListenersConfig `yaml:"listeners"`
+	Log       LogConfig       `yaml:"log"`
+	Storage   StorageConfig   `yaml:"storage"`
+	Queues    QueuesConfig    `yaml:"queues"`
+}
+
+// ListenersConfig holds the "host:port" addresses the broker listens on.
+// Port 0 picks a free port; the bound address is logged.
+type ListenersConfig struct {
+	// MQTT, STOMP and WebSocket are not served yet: the protocol adapters
+	// arrive with their own issues.
+	MQTT      string `yaml:"mqtt"`
+	STOMP     string `yaml:"stomp"`
+	WebSocket string `yaml:"websocket"`
+	// Admin serves /healthz and /readyz.
+	Admin string `yaml:"admin"`
+}
+
+// LogConfig selects the log level and format.
+type LogConfig struct {
+	// Level is trace, debug, info, warn or error.
+	Level string `yaml:"level"`
+	// Format is json, console, or auto (console when stderr is a terminal,
+	// JSON otherwise).
+	Format string `yaml:"format"`
+}
+
+// StorageConfig tunes the Pebble database.
+type StorageConfig struct {
+	// Sync makes every confirmed write durable (fsynced) before it is
+	// acknowledged. nil means true. false is unsafe: a crash can lose
+	// messages that were already confirmed to their publishers.
+	Sync *bool `yaml:"sync"`
+	// CacheSize is the block cache size.
+	CacheSize ByteSize `yaml:"cache_size"`
+	// MemTableSize is the size of one memtable.
+	MemTableSize ByteSize `yaml:"memtable_size"`
+}
+
+// QueuesConfig maps onto engine.Config.
+type QueuesConfig struct {
+	// WindowSize is how many ready messages of one queue are kept in
+	// memory; the rest wait on disk.
+	WindowSize int `yaml:"window_size"`
+	// WindowBytes bounds the body bytes of one queue's in-memory window.
+	WindowBytes ByteSize `yaml:"window_bytes"`
+	// Default is the policy of every queue no rule matches.
+	Default PolicyConfig `yaml:"default"`
+	// Rules are tried in order; the first whose Match fits a queue's name
+	// is applied over Default.
+	Rules []RuleConfig `yaml:"rules"`
+}
+
+// PolicyConfig is engine.Policy as written in YAML: the same keys, with
+// max_bytes a ByteSize. A zero field is unset. A test checks that it has
+// exactly engine.Policy's keys.
+type PolicyConfig struct {
+	MaxDeliveries        int           `yaml:"max_deliveries"`
+	RedeliveryDelay      time.Duration `yaml:"redelivery_delay"`
+	RedeliveryMultiplier float64       `yaml:"redelivery_multiplier"`
+	RedeliveryMaxDelay   time.Duration `yaml:"redelivery_max_delay"`
+	RedeliveryJitter     float64       `yaml:"redelivery_jitter"`
+	TTL                  time.Duration `yaml:"ttl"`
+	MaxLength            int64         `yaml:"max_length"`
+	MaxBytes             ByteSize      `yaml:"max_bytes"`
+	Overflow             string        `yaml:"overflow"`
+	DeadLetterQueue      string        `yaml:"dead_letter_queue"`
+}
+
+// RuleConfig is a policy for the queues whose names match Match, a
+// path.Match pattern such as "jobs.*".
+type RuleConfig struct {
+	Match        string `yaml:"match"`
+	PolicyConfig `yaml:",inline"`
+}
+
+// Defaults that are not the engine's.
+const (
+	defaultDataDir         = "./data"
+	defaultDiskFreeLimit   = 1 << 30
+	defaultShutdownTimeout = 10 * time.Second
+	defaultMQTTAddr        = ":1883"
+	defaultSTOMPAddr       = ":61613"
+	defaultWebSocketAddr   = ":8080"
+	defaultAdminAddr       = "127.0.0.1:9090"
+	defaultLogLevel        = "info"
+	defaultLogFormat       = "auto"
+	defaultCacheSize       = persist.DefaultCacheSize
+	defaultMemTableSize    = persist.DefaultMemTableSize
+	defaultWindowSize      = 512
+	defaultWindowBytes     = 8 << 20
+)
+
+// Bounds that keep every setting finite and within what Pebble accepts.
+const (
+	minStorageSize  = 1 << 20
+	maxCacheSize    = 1 << 40
+	maxMemTableSize = 4<<30 - 1 // Pebble requires less than 4 GiB
+	maxWindowSize   = 1 << 20
+	maxShutdownWait = time.Hour
+)
+
+// EnsureDefaults fills every unset field with its default.
+func (c *Config) EnsureDefaults() {
+	setDefault(&c.DataDir, defaultDataDir)
+	setDefault(&c.DiskFreeLimit, defaultDiskFreeLimit)
+	setDefault(&c.ShutdownTimeout, defaultShutdownTimeout)
+	setDefault(&c.Listeners.MQTT, defaultMQTTAddr)
+	setDefault(&c.Listeners.STOMP, defaultSTOMPAddr)
+	setDefault(&c.Listeners.WebSocket, defaultWebSocketAddr)
+	setDefault(&c.Listeners.Admin, defaultAdminAddr)
+	setDefault(&c.Log.Level, defaultLogLevel)
+	setDefault(&c.Log.Format, defaultLogFormat)
+	if c.Storage.Sync == nil {
+		sync := true
+		c.Storage.Sync = &sync
+	}
+	setDefault(&c.Storage.CacheSize, defaultCacheSize)
+	setDefault(&c.Storage.MemTableSize, defaultMemTableSize)
+	setDefault(&c.Queues.WindowSize, defaultWindowSize)
+	setDefault(&c.Queues.WindowBytes, defaultWindowBytes)
+	c.Queues.Default = policyConfigOf(engine.DefaultPolicy().Merge(c.Queues.Default.policy()))
+}
+
+// setDefault sets *p to def if *p is the zero value.
+func setDefault[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
+	}
+}
+
+// Validate reports the first setting that is out of range, naming it as the
+// YAML file does. It expects EnsureDefaults to have run.
+func (c *Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("data_dir must not be empty")
+	}
+	if c.DiskFreeLimit <= 0 {
+		return fmt.Errorf("disk_free_limit must be positive, got %v", c.DiskFreeLimit)
+	}
+	if c.ShutdownTimeout <= 0 || c.ShutdownTimeout > maxShutdownWait {
+		return fmt.Errorf("shutdown_timeout must be between 1ns and %v, got %v", maxShutdownWait, c.ShutdownTimeout)
+	}
+	if err := c.Listeners.validate(); err != nil {
+		return err
+	}
+	if err := c.Log.validate(); err != nil {
+		return err
+	}
+	if err := c.Storage.validate(); err != nil {
+		return err
+	}
+	return c.Queues.validate()
+}
+
+func (l ListenersConfig) validate() error {
+	addrs := []struct{ key, addr string }{
+		{"listeners.mqtt", l.MQTT},
+		{"listeners.stomp", l.STOMP},
+		{"listeners.websocket", l.WebSocket},
+		{"listeners.admin", l.Admin},
+	}
+	ports := map[int]string{}
+	for _, a := range addrs {
+		_, portStr, err := net.SplitHostPort(a.addr)
+		if err != nil {
+			return fmt.Errorf("%s: want host:port (such as \":1883\" or \"127.0.0.1:9090\"), got %q", a.key, a.addr)
+		}
+		port, err := strconv.Atoi(portStr)
+		if err != nil || port < 0 || port > 65535 {
+			return fmt.Errorf("%s: port must be a number from 0 to 65535, got %q", a.key, portStr)
+		}
+		if port == 0 {
+			continue
+		}
+		if other, ok := ports[port]; ok {
+			return fmt.Errorf("%s and %s both use port %d", other, a.key, port)
+		}
+		ports[port] = a.key
+	}
+	return nil
+}
+
+// logLevels are the accepted log.level values.
+var logLevels = []string{"trace", "debug", "info", "warn", "error"}
+
+// logFormats are the accepted log.format values.
+var logFormats = []string{"json", "console", "auto"}
+
+func (l LogConfig) validate() error {
+	if !contains(logLevels, l.Level) {
+		return fmt.Errorf("log.level must be one of %s, got %q", strings.Join(logLevels, ", "), l.Level)
+	}
+	if !contains(logFormats, l.Format) {
+		return fmt.Errorf("log.format must be one of %s, got %q", strings.Join(logFormats, ", "), l.Format)
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// zerologLevel returns the zerolog level of a validated Level.
+func (l LogConfig) zerologLevel() zerolog.Level {
+	lvl, err := zerolog.ParseLevel(l.Level)
+	if err != nil {
+		return zerolog.InfoLevel
+	}
+	return lvl
+}
+
+func (s StorageConfig) validate() error {
+	if s.Sync == nil {
+		return errors.New("storage.sync is unset (EnsureDefaults was not called)")
+	}
+	if s.CacheSize < minStorageSize || s.CacheSize > maxCacheSize {
+		return fmt.Errorf("storage.cache_size must be between %v and %v, got %v", ByteSize(minStorageSize), ByteSize(maxCacheSize), s.CacheSize)
+	}
+	if s.MemTableSize < minStorageSize || s.MemTableSize > maxMemTableSize {
+		return fmt.Errorf("storage.memtable_size must be at least %v and less than 4GiB, got %v", ByteSize(minStorageSize), s.MemTableSize)
+	}
+	return nil
+}
+
+func (q QueuesConfig) validate() error {
+	if q.WindowSize < 1 || q.WindowSize > maxWindowSize {
+		return fmt.Errorf("queues.window_size must be between 1 and %d, got %d", maxWindowSize, q.WindowSize)
+	}
+	if q.WindowBytes <= 0 {
+		return fmt.Errorf("queues.window_bytes must be positive, got %v", q.WindowBytes)
+	}
+	def := engine.DefaultPolicy().Merge(q.Default.policy())
+	if err := def.Validate(); err != nil {
+		return fmt.Errorf("queues.default: %s", policyProblem(err))
+	}
+	for i, r := range q.Rules {
+		if r.Match == "" {
+			return fmt.Errorf("queues.rules[%d]: match must not be empty", i)
+		}
+		if _, err := path.Match(r.Match, ""); err != nil {
+			return fmt.Errorf("queues.rules[%d]: bad match pattern %q", i, r.Match)
+		}
+		if err := def.Merge(r.policy()).Validate(); err != nil {
+			return fmt.Errorf("queues.rules[%d] (match %q): %s", i, r.Match, policyProblem(err))
+		}
+	}
+	// The engine's own check, in case it knows more than the above.
+	ec := q.engineConfig()
+	ec.EnsureDefaults()
+	if err := ec.Validate(); err != nil {
+		return fmt.Errorf("queues: %w", err)
+	}
+	return nil
+}
+
+// policyProblem returns the message of a Policy.Validate error without the
+// "engine: invalid policy: " prefix, which adds nothing in a config error.
+func policyProblem(err error) string {
+	msg := err.Error()
+	if errors.Is(err, engine.ErrInvalidPolicy) {
+		msg = strings.TrimPrefix(msg, engine.ErrInvalidPolicy.Error()+": ")
+	}
+	return msg
+}
+
+// policy converts p to the engine's type.
+func (p PolicyConfig) policy() engine.Policy {
+	return engine.Policy{
+		MaxDeliveries:        p.MaxDeliveries,
+		RedeliveryDelay:      p.RedeliveryDelay,
+		RedeliveryMultiplier: p.RedeliveryMultiplier,
+		RedeliveryMaxDelay:   p.RedeliveryMaxDelay,
+		RedeliveryJitter:     p.RedeliveryJitter,
+		TTL:                  p.TTL,
+		MaxLength:            p.MaxLength,
+		MaxBytes:             int64(p.MaxBytes),
+		Overflow:             engine.Overflow(p.Overflow),
+		DeadLetterQueue:      p.DeadLetterQueue,
+	}
+}
+
+// policyConfigOf is the inverse of PolicyConfig.policy.
+func policyConfigOf(p engine.Policy) PolicyConfig {
+	return PolicyConfig{
+		MaxDeliveries:        p.MaxDeliveries,
+		RedeliveryDelay:      p.RedeliveryDelay,
+		RedeliveryMultiplier: p.RedeliveryMultiplier,
+		RedeliveryMaxDelay:   p.RedeliveryMaxDelay,
+		RedeliveryJitter:     p.RedeliveryJitter,
+		TTL:                  p.TTL,
+		MaxLength:            p.MaxLength,
+		MaxBytes:             ByteSize(p.MaxBytes),
+		Overflow:             string(p.Overflow),
+		DeadLetterQueue:      p.DeadLetterQueue,
+	}
+}
+
+// engineConfig returns the engine's configuration. Clock and Rand are left
+// nil: the engine fills them with the real clock and a random seed.
+func (q QueuesConfig) engineConfig() engine.Config {
+	ec := engine.Config{
+		Default:     q.Default.policy(),
+		WindowSize:  q.WindowSize,
+		WindowBytes: int64(q.WindowBytes),
+	}
+	for _, r := range q.Rules {
+		ec.Rules = append(ec.Rules, engine.PolicyRule{Match: r.Match, Policy: r.policy()})
+	}
+	return ec
+}
+
+// LoadFile decodes the YAML file at name over c. Unknown keys are errors, so
+// a misspelt option is caught. Errors are one line and start with
+// "config NAME:".
+func (c *Config) LoadFile(name string) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", name, unwrapPathError(err))
+	}
+	// The file is only read, so a Close error cannot lose data.
+	defer func() { _ = f.Close() }()
+	if err := c.decode(f); err != nil {
+		return fmt.Errorf("config %s: %w", name, err)
+	}
+	return nil
+}
+
+// decode reads one YAML document from r over c.
+func (c *Config) decode(r io.Reader) error {
+	dec := yaml.NewDecoder(r)
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // an empty file sets nothing
+		}
+		return yamlProblem(err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return yamlProblem(err)
+		}
+		return fmt.Errorf("line %d: only one YAML document is allowed", extra.Line)
+	}
+	return nil
+}
+
+// yamlProblem rewrites a yaml error as one line: "line 3: field foo not
+// found", without the Go type names the yaml package adds.
+func yamlProblem(err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		msgs := make([]string, len(te.Errors))
+		for i, m := range te.Errors {
+			m, _, _ = strings.Cut(m, " in type ")
+			msgs[i] = m
+		}
+		return errors.New(strings.Join(msgs, "; "))
+	}
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	return errors.New(strings.ReplaceAll(msg, "\n", " "))
+}
+
+// unwrapPathError drops the operation and path of a *os.PathError, which
+// the caller already names.
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// envVars are the environment overrides, applied after the config file and
+// before flags. An empty value is the same as an unset one.
+var envVars = []struct {
+	name string
+	key  string // the YAML key it overrides
+	set  func(c *Config, v string)
+}{
+	{"TANDEM_DATA_DIR", "data_dir", func(c *Config, v string) { c.DataDir = v }},
+	{"TANDEM_LOG_LEVEL", "log.level", func(c *Config, v string) { c.Log.Level = v }},
+	{"TANDEM_LOG_FORMAT", "log.format", func(c *Config, v string) { c.Log.Format = v }},
+	{"TANDEM_MQTT_ADDR", "listeners.mqtt", func(c *Config, v string) { c.Listeners.MQTT = v }},
+	{"TANDEM_STOMP_ADDR", "listeners.stomp", func(c *Config, v string) { c.Listeners.STOMP = v }},
+	{"TANDEM_WS_ADDR", "listeners.websocket", func(c *Config, v string) { c.Listeners.WebSocket = v }},
+	{"TANDEM_ADMIN_ADDR", "listeners.admin", func(c *Config, v string) { c.Listeners.Admin = v }},
+}
+
+// ApplyEnv applies the TANDEM_* overrides that getenv returns.
+func (c *Config) ApplyEnv(getenv func(string) string) {
+	for _, e := range envVars {
+		if v := getenv(e.name); v != "" {
+			e.set(c, v)
+		}
+	}
+}
+
+// loadConfig builds the configuration in precedence order: defaults <
+// file < environment < flags. Its errors are configuration errors.
+func loadConfig(f flags, getenv func(string) string) (Config, error) {
+	var c Config
+	if f.config != "" {
+		if err := c.LoadFile(f.config); err != nil {
+			return Config{}, err
+		}
+	}
+	c.ApplyEnv(getenv)
+	f.apply(&c)
+	c.EnsureDefaults()
+	if err := c.Validate(); err != nil {
+		if f.config != "" {
+			return Config{}, fmt.Errorf("config %s: %w", f.config, err)
+		}
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return c, nil
+}

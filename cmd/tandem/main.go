@@ -1,0 +1,34 @@
+// Command tandem runs the Tandem message broker: MQTT and STOMP over one
+// routing engine persisted in Pebble.
+//
+// With no flags it starts on embedded defaults (data in ./data, admin HTTP
+// on 127.0.0.1:9090). Settings are layered: defaults < --config file <
+// TANDEM_* environment variables < flags; configs/tandem.yaml documents
+// them all. SIGINT or SIGTERM shuts down gracefully and exits 0. A bad
+// configuration exits 2, a runtime failure 1, each after one line on
+// stderr.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	os.Exit(mainCode())
+}
+
+// mainCode runs the broker with the process's arguments, environment and
+// signals, and returns the exit code.
+func mainCode() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return run(ctx, process{
+		args:        os.Args[1:],
+		getenv:      os.Getenv,
+		stderr:      os.Stderr,
+		stopSignals: stop,
+	})
+}

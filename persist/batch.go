@@ -1,0 +1,126 @@
+package persist
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/tandem-mq/tandem/engine"
+)
+
+// buildBatch translates b into pb. It stops at the first invalid operation;
+// the caller then discards pb, so nothing of b is written.
+func buildBatch(pb *pebble.Batch, b *engine.Batch) error {
+	var buf []byte
+	for i := range b.Ops {
+		op := &b.Ops[i]
+		if why := checkOp(op); why != "" {
+			return fmt.Errorf("%w: op %d (kind %d): %s", ErrInvalidBatch, i, op.Kind, why)
+		}
+		buf = buf[:0]
+		var err error
+		switch op.Kind {
+		case engine.OpPutQueue:
+			err = pb.Set(queueKey(op.Queue), appendQueueValue(buf, op.Meta), nil)
+		case engine.OpDeleteQueue:
+			err = deleteQueue(pb, op.Queue)
+		case engine.OpPutEntry:
+			err = pb.Set(entryKey(op.Queue, op.Index, op.Entry.Key), appendEntry(buf, &op.Entry), nil)
+		case engine.OpDeleteEntry:
+			err = pb.Delete(entryKey(op.Queue, op.Index, op.Key), nil)
+		case engine.OpPurgeIndex:
+			p := indexPrefix(op.Queue, op.Index)
+			err = pb.DeleteRange(p, prefixEnd(p), nil)
+		case engine.OpTrimReady:
+			if op.Key.Lo > 0 {
+				err = pb.DeleteRange(indexPrefix(op.Queue, engine.Ready),
+					entryKey(op.Queue, engine.Ready, engine.Key{Lo: op.Key.Lo}), nil)
+			}
+		case engine.OpPutBody:
+			err = pb.Set(bodyKey(op.Msg.ID), appendMessage(buf, op.Msg), nil)
+		case engine.OpDeleteBody:
+			err = pb.Delete(bodyKey(op.ID), nil)
+		case engine.OpPutRef:
+			err = pb.Set(refKey(op.ID), appendUvarintValue(buf, uint64(op.N)), nil)
+		case engine.OpDeleteRef:
+			err = pb.Delete(refKey(op.ID), nil)
+		case engine.OpAddCounts:
+			err = pb.Merge(countsKey(op.Queue), appendCounts(buf, op.N, op.Bytes), nil)
+		case engine.OpPutBinding:
+			err = pb.Set(bindingKey(op.Filter, op.Queue), nil, nil)
+		case engine.OpDeleteBinding:
+			err = pb.Delete(bindingKey(op.Filter, op.Queue), nil)
+		case engine.OpSetIDFloor:
+			err = pb.Set(idFloorKey(), appendUint64(buf, op.ID), nil)
+		case engine.OpPutKV:
+			err = pb.Set(kvKey(op.NS, op.KVKey), op.Value, nil)
+		case engine.OpDeleteKV:
+			err = pb.Delete(kvKey(op.NS, op.KVKey), nil)
+		}
+		if err != nil {
+			return fmt.Errorf("persist: build batch: op %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// deleteQueue removes a queue's record, counts and both indexes. The indexes
+// go in range deletions, so the cost does not depend on their size.
+func deleteQueue(pb *pebble.Batch, queue string) error {
+	if err := pb.Delete(queueKey(queue), nil); err != nil {
+		return err
+	}
+	if err := pb.Delete(countsKey(queue), nil); err != nil {
+		return err
+	}
+	for _, idx := range []engine.Index{engine.Ready, engine.Scheduled} {
+		p := indexPrefix(queue, idx)
+		if err := pb.DeleteRange(p, prefixEnd(p), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkOp reports why op cannot be applied, or "" if it can.
+func checkOp(op *engine.Op) string {
+	switch op.Kind {
+	case engine.OpPutEntry, engine.OpDeleteEntry, engine.OpPurgeIndex:
+		if op.Index != engine.Ready && op.Index != engine.Scheduled {
+			return fmt.Sprintf("unknown index %d", op.Index)
+		}
+	}
+	switch op.Kind {
+	case engine.OpPutQueue, engine.OpDeleteQueue, engine.OpPurgeIndex, engine.OpTrimReady,
+		engine.OpDeleteBody, engine.OpDeleteRef, engine.OpAddCounts, engine.OpPutBinding,
+		engine.OpDeleteBinding, engine.OpSetIDFloor, engine.OpPutKV, engine.OpDeleteKV:
+		return ""
+	case engine.OpPutEntry:
+		if op.Index == engine.Ready && op.Entry.Key.Hi != 0 {
+			return "ready key with Hi != 0"
+		}
+		if !op.Entry.Shared && op.Entry.Msg == nil {
+			return "unshared entry without a message"
+		}
+		return ""
+	case engine.OpDeleteEntry:
+		if op.Index == engine.Ready && op.Key.Hi != 0 {
+			return "ready key with Hi != 0"
+		}
+		return ""
+	case engine.OpPutBody:
+		if op.Msg == nil {
+			return "body without a message"
+		}
+		if op.Msg.ID != op.ID {
+			return "body ID differs from message ID"
+		}
+		return ""
+	case engine.OpPutRef:
+		if op.N < 0 || op.N > math.MaxUint32 {
+			return fmt.Sprintf("reference count %d out of range", op.N)
+		}
+		return ""
+	}
+	return "unknown op kind"
+}
