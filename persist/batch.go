@@ -11,6 +11,60 @@ import (
 // buildBatch translates b into pb. It stops at the first invalid operation;
 // the caller then discards pb, so nothing of b is written.
 func buildBatch(pb *pebble.Batch, b *engine.Batch) error {
+	var counts countsAcc
+	if err := appendBatch(pb, b, &counts); err != nil {
+		return err
+	}
+	return counts.flush(pb)
+}
+
+// countsAcc sums the AddCounts of one Pebble batch per queue, so a batch
+// that publishes or acks many messages of a queue writes one merge operand
+// instead of one per message.
+type countsAcc struct {
+	order []string
+	sums  map[string]*[2]int64
+}
+
+func (c *countsAcc) add(queue string, n, bytes int64) {
+	if c.sums == nil {
+		c.sums = make(map[string]*[2]int64)
+	}
+	s := c.sums[queue]
+	if s == nil {
+		s = new([2]int64)
+		c.sums[queue] = s
+		c.order = append(c.order, queue)
+	}
+	s[0] += n
+	s[1] += bytes
+}
+
+// drop forgets the sums of a queue that the batch deletes: the delete
+// removes its counts, and only AddCounts after it count.
+func (c *countsAcc) drop(queue string) {
+	if s := c.sums[queue]; s != nil {
+		*s = [2]int64{}
+	}
+}
+
+// flush writes one merge operand per queue with a non-zero sum.
+func (c *countsAcc) flush(pb *pebble.Batch) error {
+	var buf []byte
+	for _, q := range c.order {
+		s := c.sums[q]
+		if s[0] == 0 && s[1] == 0 {
+			continue
+		}
+		if err := pb.Merge(countsKey(q), appendCounts(buf[:0], s[0], s[1]), nil); err != nil {
+			return fmt.Errorf("persist: batch: %w", err)
+		}
+	}
+	return nil
+}
+
+// appendBatch adds b's operations to pb, leaving its counts in counts.
+func appendBatch(pb *pebble.Batch, b *engine.Batch, counts *countsAcc) error {
 	var buf []byte
 	for i := range b.Ops {
 		op := &b.Ops[i]
@@ -23,6 +77,7 @@ func buildBatch(pb *pebble.Batch, b *engine.Batch) error {
 		case engine.OpPutQueue:
 			err = pb.Set(queueKey(op.Queue), appendQueueValue(buf, op.Meta), nil)
 		case engine.OpDeleteQueue:
+			counts.drop(op.Queue)
 			err = deleteQueue(pb, op.Queue)
 		case engine.OpPutEntry:
 			err = pb.Set(entryKey(op.Queue, op.Index, op.Entry.Key), appendEntry(buf, &op.Entry), nil)
@@ -45,7 +100,7 @@ func buildBatch(pb *pebble.Batch, b *engine.Batch) error {
 		case engine.OpDeleteRef:
 			err = pb.Delete(refKey(op.ID), nil)
 		case engine.OpAddCounts:
-			err = pb.Merge(countsKey(op.Queue), appendCounts(buf, op.N, op.Bytes), nil)
+			counts.add(op.Queue, op.N, op.Bytes)
 		case engine.OpPutBinding:
 			err = pb.Set(bindingKey(op.Filter, op.Queue), nil, nil)
 		case engine.OpDeleteBinding:

@@ -162,6 +162,7 @@ func BenchmarkDurablePublishAck(b *testing.B) {
 			b.ResetTimer()
 			d := pump(b, br, "bench", n, p, 1024, 1)
 			b.ReportMetric(float64(n)/d.Seconds(), "msgs/s")
+
 		})
 	}
 }

@@ -44,6 +44,8 @@ type Store struct {
 	users     atomic.Int64
 	drained   chan struct{}
 	drainOnce sync.Once
+
+	group committer // synced Applies, combined (see groupcommit.go)
 }
 
 const closedBit = int64(1) << 62
@@ -181,15 +183,14 @@ func (s *Store) Apply(b *engine.Batch, sync bool) error {
 		return err
 	}
 	defer s.exit()
+	if sync && !s.opts.NoSync {
+		return s.applySync(b)
+	}
 	pb := s.db.NewBatch()
 	if err := buildBatch(pb, b); err != nil {
 		return errors.Join(err, pb.Close())
 	}
-	wo := pebble.NoSync
-	if sync && !s.opts.NoSync {
-		wo = pebble.Sync
-	}
-	if err := pb.Commit(wo); err != nil {
+	if err := pb.Commit(pebble.NoSync); err != nil {
 		return errors.Join(fmt.Errorf("persist: commit: %w", err), pb.Close())
 	}
 	if err := pb.Close(); err != nil {
