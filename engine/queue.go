@@ -146,6 +146,7 @@ func (q *Queue) unlockAndRun(fx *effects) error {
 		if err := q.b.runEffects(q, fx, &next); err != nil && firstErr == nil {
 			firstErr = err
 		}
+		fx.batch.recycle()
 		*fx = next
 	}
 	return firstErr

@@ -1,5 +1,7 @@
 package engine
 
+import "sync"
+
 // This file defines what the engine needs from storage. persist implements
 // it on Pebble; memstore implements it in memory for tests. Both run the one
 // suite in engine/storetest.
@@ -164,7 +166,30 @@ func (b *Batch) Len() int { return len(b.Ops) }
 // Reset empties the batch for reuse.
 func (b *Batch) Reset() { b.Ops = b.Ops[:0] }
 
-func (b *Batch) add(op Op) { b.Ops = append(b.Ops, op) }
+func (b *Batch) add(op Op) {
+	if b.Ops == nil {
+		if p, ok := opsPool.Get().(*[]Op); ok {
+			b.Ops = (*p)[:0]
+		}
+	}
+	b.Ops = append(b.Ops, op)
+}
+
+// opsPool recycles the op slices of the engine's short-lived batches.
+var opsPool sync.Pool
+
+// recycle gives b's ops back for reuse by later batches and empties b.
+func (b *Batch) recycle() {
+	if cap(b.Ops) == 0 || cap(b.Ops) > 1<<14 {
+		b.Ops = nil
+		return
+	}
+	ops := b.Ops[:cap(b.Ops)]
+	clear(ops)
+	ops = ops[:0]
+	b.Ops = nil
+	opsPool.Put(&ops)
+}
 
 // PutQueue creates or replaces a queue's record.
 func (b *Batch) PutQueue(queue string, meta []byte) {

@@ -63,6 +63,14 @@ func (c *countsAcc) flush(pb *pebble.Batch) error {
 	return nil
 }
 
+// value keeps the (possibly grown) encoding buffer for the next op and
+// returns the encoded value. Pebble copies values into the batch, so one
+// buffer serves every op of a batch.
+func value(buf *[]byte, v []byte) []byte {
+	*buf = v[:0]
+	return v
+}
+
 // appendBatch adds b's operations to pb, leaving its counts in counts.
 func appendBatch(pb *pebble.Batch, b *engine.Batch, counts *countsAcc) error {
 	var buf []byte
@@ -75,12 +83,12 @@ func appendBatch(pb *pebble.Batch, b *engine.Batch, counts *countsAcc) error {
 		var err error
 		switch op.Kind {
 		case engine.OpPutQueue:
-			err = pb.Set(queueKey(op.Queue), appendQueueValue(buf, op.Meta), nil)
+			err = pb.Set(queueKey(op.Queue), value(&buf, appendQueueValue(buf, op.Meta)), nil)
 		case engine.OpDeleteQueue:
 			counts.drop(op.Queue)
 			err = deleteQueue(pb, op.Queue)
 		case engine.OpPutEntry:
-			err = pb.Set(entryKey(op.Queue, op.Index, op.Entry.Key), appendEntry(buf, &op.Entry), nil)
+			err = pb.Set(entryKey(op.Queue, op.Index, op.Entry.Key), value(&buf, appendEntry(buf, &op.Entry)), nil)
 		case engine.OpDeleteEntry:
 			err = pb.Delete(entryKey(op.Queue, op.Index, op.Key), nil)
 		case engine.OpPurgeIndex:
@@ -92,11 +100,11 @@ func appendBatch(pb *pebble.Batch, b *engine.Batch, counts *countsAcc) error {
 					entryKey(op.Queue, engine.Ready, engine.Key{Lo: op.Key.Lo}), nil)
 			}
 		case engine.OpPutBody:
-			err = pb.Set(bodyKey(op.Msg.ID), appendMessage(buf, op.Msg), nil)
+			err = pb.Set(bodyKey(op.Msg.ID), value(&buf, appendMessage(buf, op.Msg)), nil)
 		case engine.OpDeleteBody:
 			err = pb.Delete(bodyKey(op.ID), nil)
 		case engine.OpPutRef:
-			err = pb.Set(refKey(op.ID), appendUvarintValue(buf, uint64(op.N)), nil)
+			err = pb.Set(refKey(op.ID), value(&buf, appendUvarintValue(buf, uint64(op.N))), nil)
 		case engine.OpDeleteRef:
 			err = pb.Delete(refKey(op.ID), nil)
 		case engine.OpAddCounts:
@@ -106,7 +114,7 @@ func appendBatch(pb *pebble.Batch, b *engine.Batch, counts *countsAcc) error {
 		case engine.OpDeleteBinding:
 			err = pb.Delete(bindingKey(op.Filter, op.Queue), nil)
 		case engine.OpSetIDFloor:
-			err = pb.Set(idFloorKey(), appendUint64(buf, op.ID), nil)
+			err = pb.Set(idFloorKey(), value(&buf, appendUint64(buf, op.ID)), nil)
 		case engine.OpPutKV:
 			err = pb.Set(kvKey(op.NS, op.KVKey), op.Value, nil)
 		case engine.OpDeleteKV:
