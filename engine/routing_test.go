@@ -337,3 +337,66 @@ func TestTemporaryQueueNeverStored(t *testing.T) {
 	_, r := h.consume("tmp", engine.ConsumeOptions{})
 	expectBodies(t, "tmp", r.take(), "x")
 }
+
+// countingStore counts what the engine asks a store to write.
+type countingStore struct {
+	engine.Store
+	bodies, sharedEntries, inlineEntries int
+}
+
+func (s *countingStore) Apply(b *engine.Batch, sync bool) error {
+	for _, op := range b.Ops {
+		switch {
+		case op.Kind == engine.OpPutBody:
+			s.bodies++
+		case op.Kind == engine.OpPutEntry && op.Entry.Shared:
+			s.sharedEntries++
+		case op.Kind == engine.OpPutEntry:
+			s.inlineEntries++
+		}
+	}
+	return s.Store.Apply(b, sync)
+}
+
+func TestFanOutStoresBodyOnce(t *testing.T) {
+	cs := &countingStore{Store: memstore.New()}
+	b, err := engine.Open(cs, engine.Config{Clock: engine.NewFakeClock(epoch)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"a", "b", "c"} {
+		if err := b.DurableSubscription(q, "fan/#", engine.QueueOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Publish(&engine.Message{Topic: "fan/out", Body: []byte("payload"), QoS: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if cs.bodies != 1 || cs.sharedEntries != 3 || cs.inlineEntries != 0 {
+		t.Fatalf("fan-out to 3 queues wrote %d bodies, %d shared and %d inline entries; want 1, 3, 0",
+			cs.bodies, cs.sharedEntries, cs.inlineEntries)
+	}
+	// The body goes with the last reference.
+	for _, q := range []string{"a", "b", "c"} {
+		r := &recorder{}
+		c, err := b.Consume(q, r, engine.ConsumeOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds := r.take()
+		expectBodies(t, q, ds, "payload")
+		if err := c.Ack(false, ds[0].Tag); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := cs.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Refs) != 0 {
+		t.Fatalf("references left after every queue acked: %v", st.Refs)
+	}
+}

@@ -6,6 +6,8 @@ package persist_test
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
+	"math/rand/v2"
 	"fmt"
 	"os"
 	"strconv"
@@ -206,16 +208,21 @@ func BenchmarkBacklogRestart(b *testing.B) {
 	dir := b.TempDir()
 	br, st := openBroker(b, dir, nil, engine.Config{})
 	before := rssBytes(b)
-	body := bytes.Repeat([]byte("b"), 1024)
 	const batch = 100
 	var wg sync.WaitGroup
 	for w := range 4 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// Random bodies, so that compression does not shrink the backlog.
+			r := rand.New(rand.NewPCG(uint64(w), 99))
 			for i := w * batch; i < n; i += 4 * batch {
 				tx := br.Begin()
 				for j := i; j < min(i+batch, n); j++ {
+					body := make([]byte, 1024)
+					for k := 0; k < len(body); k += 8 {
+						binary.LittleEndian.PutUint64(body[k:], r.Uint64())
+					}
 					if err := tx.Publish(&engine.Message{Topic: "backlog", ToQueue: true, Body: body, QoS: 1}); err != nil {
 						b.Error(err)
 						return
