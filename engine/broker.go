@@ -115,8 +115,15 @@ func Open(store Store, cfg Config) (*Broker, error) {
 	}
 	for _, q := range b.queues {
 		q.mu.Lock()
+		// Read the head of the scheduled index now, so that its timer is
+		// armed (delays and expiries) before any consumer arrives; the ready
+		// window is read when first needed.
+		if err := q.refillLocked(&q.sched, Scheduled); err != nil {
+			q.mu.Unlock()
+			return nil, err
+		}
 		var fx effects
-		q.dispatchLocked(&fx) // arms timers for scheduled and expiring entries
+		q.dispatchLocked(&fx)
 		if err := q.unlockAndRun(&fx); err != nil {
 			return nil, err
 		}
@@ -150,6 +157,9 @@ func (b *Broker) Close() error {
 		}
 		if q.durable && !q.deleted {
 			for _, e := range q.unacked {
+				bt.PutEntry(q.name, e.idx, e.Entry)
+			}
+			for _, e := range q.returned {
 				bt.PutEntry(q.name, e.idx, e.Entry)
 			}
 		}

@@ -12,7 +12,8 @@ import (
 // the caller then discards pb, so nothing of b is written.
 func buildBatch(pb *pebble.Batch, b *engine.Batch) error {
 	var counts countsAcc
-	if err := appendBatch(pb, b, &counts); err != nil {
+	var bufs encBufs
+	if err := appendBatch(pb, b, &counts, &bufs); err != nil {
 		return err
 	}
 	return counts.flush(pb)
@@ -63,17 +64,24 @@ func (c *countsAcc) flush(pb *pebble.Batch) error {
 	return nil
 }
 
-// value keeps the (possibly grown) encoding buffer for the next op and
-// returns the encoded value. Pebble copies values into the batch, so one
-// buffer serves every op of a batch.
+// encBufs are the key and value buffers one batch's encoding reuses:
+// Pebble copies keys and values into the batch, so one of each serves
+// every op.
+type encBufs struct {
+	key, val []byte
+}
+
+// value keeps the (possibly grown) value buffer for the next op and
+// returns the encoded value.
 func value(buf *[]byte, v []byte) []byte {
 	*buf = v[:0]
 	return v
 }
 
 // appendBatch adds b's operations to pb, leaving its counts in counts.
-func appendBatch(pb *pebble.Batch, b *engine.Batch, counts *countsAcc) error {
-	var buf []byte
+func appendBatch(pb *pebble.Batch, b *engine.Batch, counts *countsAcc, bufs *encBufs) error {
+	buf := bufs.val[:0]
+	defer func() { bufs.val = buf[:0] }()
 	for i := range b.Ops {
 		op := &b.Ops[i]
 		if why := checkOp(op); why != "" {
@@ -88,9 +96,11 @@ func appendBatch(pb *pebble.Batch, b *engine.Batch, counts *countsAcc) error {
 			counts.drop(op.Queue)
 			err = deleteQueue(pb, op.Queue)
 		case engine.OpPutEntry:
-			err = pb.Set(entryKey(op.Queue, op.Index, op.Entry.Key), value(&buf, appendEntry(buf, &op.Entry)), nil)
+			bufs.key = appendEntryKey(bufs.key[:0], op.Queue, op.Index, op.Entry.Key)
+			err = pb.Set(bufs.key, value(&buf, appendEntry(buf, &op.Entry)), nil)
 		case engine.OpDeleteEntry:
-			err = pb.Delete(entryKey(op.Queue, op.Index, op.Key), nil)
+			bufs.key = appendEntryKey(bufs.key[:0], op.Queue, op.Index, op.Key)
+			err = pb.Delete(bufs.key, nil)
 		case engine.OpPurgeIndex:
 			p := indexPrefix(op.Queue, op.Index)
 			err = pb.DeleteRange(p, prefixEnd(p), nil)

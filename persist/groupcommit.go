@@ -99,13 +99,14 @@ func (s *Store) finish(req *commitReq) error {
 func (s *Store) commitGroup(group []*commitReq) {
 	pb := s.db.NewBatch()
 	var counts countsAcc
+	var bufs encBufs
 	n := 0
 	for _, r := range group {
 		if err := checkBatch(r.b); err != nil {
 			r.err = err
 			continue
 		}
-		if err := appendBatch(pb, r.b, &counts); err != nil {
+		if err := appendBatch(pb, r.b, &counts, &bufs); err != nil {
 			// checkBatch passed, so this is an encoding failure that may
 			// have left part of r.b in pb: fail the whole group.
 			setErr(group, errors.Join(err, pb.Close()))

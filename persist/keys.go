@@ -128,17 +128,27 @@ func countsKey(queue string) []byte { return appendString([]byte{kindCounts}, qu
 
 // indexPrefix returns the prefix shared by every entry of idx of queue.
 func indexPrefix(queue string, idx engine.Index) []byte {
+	return appendIndexPrefix(nil, queue, idx)
+}
+
+// appendIndexPrefix appends indexPrefix(queue, idx) to dst.
+func appendIndexPrefix(dst []byte, queue string, idx engine.Index) []byte {
 	kind := kindReady
 	if idx == engine.Scheduled {
 		kind = kindScheduled
 	}
-	return appendString([]byte{kind}, queue)
+	return appendString(append(dst, kind), queue)
 }
 
 // entryKey returns the key of the entry at k in idx of queue. Ready keys
 // hold only k.Lo (the seq): their Hi is always 0.
 func entryKey(queue string, idx engine.Index, k engine.Key) []byte {
-	b := indexPrefix(queue, idx)
+	return appendEntryKey(nil, queue, idx, k)
+}
+
+// appendEntryKey appends entryKey(queue, idx, k) to dst.
+func appendEntryKey(dst []byte, queue string, idx engine.Index, k engine.Key) []byte {
+	b := appendIndexPrefix(dst, queue, idx)
 	if idx == engine.Scheduled {
 		b = appendUint64(b, k.Hi)
 	}
