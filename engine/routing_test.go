@@ -400,3 +400,26 @@ func TestFanOutStoresBodyOnce(t *testing.T) {
 		t.Fatalf("references left after every queue acked: %v", st.Refs)
 	}
 }
+
+func TestPublishAllIndependent(t *testing.T) {
+	h := newHarness(t, engine.Config{Rules: []engine.PolicyRule{{Match: "small", Policy: engine.Policy{MaxLength: 1}}}})
+	ms := []*engine.Message{
+		{Topic: "small", ToQueue: true, Body: []byte("1"), QoS: 1},
+		{Topic: "small", ToQueue: true, Body: []byte("2"), QoS: 1}, // refused: full
+		{Topic: "other", ToQueue: true, Body: []byte("3"), QoS: 1},
+		{Topic: "bad/#", Body: []byte("4")}, // refused: invalid topic
+		{Topic: "other", ToQueue: true, Body: []byte("5"), QoS: 1},
+	}
+	errs := make([]error, len(ms))
+	if err := h.b.PublishAll(ms, errs); err != nil {
+		t.Fatal(err)
+	}
+	if errs[0] != nil || !errors.Is(errs[1], engine.ErrQueueFull) || errs[2] != nil ||
+		!errors.Is(errs[3], engine.ErrInvalidTopic) || errs[4] != nil {
+		t.Fatalf("errs %v", errs)
+	}
+	_, rs := h.consume("small", engine.ConsumeOptions{})
+	expectBodies(t, "small", rs.take(), "1")
+	_, ro := h.consume("other", engine.ConsumeOptions{})
+	expectBodies(t, "other", ro.take(), "3", "5")
+}

@@ -15,6 +15,9 @@ type Txn struct {
 	// transaction would require it (acks only, QoS 0 messages).
 	Sync bool
 	done bool
+	// errs, when set, makes the publishes independent: each one's refusal
+	// is recorded here instead of failing the whole commit (PublishAll).
+	errs []error
 }
 
 type txnAck struct {
@@ -69,6 +72,44 @@ func (b *Broker) Publish(m *Message) error {
 		return err
 	}
 	return tx.Commit()
+}
+
+// PublishAll publishes messages independently but with one store write:
+// errs[i] (len(errs) == len(ms)) says why ms[i] was refused (nil: it was
+// published), and the returned error is a store failure, in which case none
+// was published. Adapters use it to commit a connection's pipelined
+// publishes together; the messages of one call keep their order.
+func (b *Broker) PublishAll(ms []*Message, errs []error) error {
+	tx := Txn{b: b, errs: errs}
+	for i, m := range ms {
+		errs[i] = nil
+		if m.ToQueue {
+			errs[i] = ValidateQueueName(m.Topic)
+		} else {
+			errs[i] = ValidateTopic(m.Topic)
+		}
+	}
+	for i, m := range ms {
+		if errs[i] == nil {
+			tx.pubs = append(tx.pubs, m)
+		}
+	}
+	if len(tx.pubs) == 0 {
+		return nil
+	}
+	// Errors of the committed subset land in a second slice and are then
+	// spread back to their messages' places.
+	sub := make([]error, len(tx.pubs))
+	tx.errs = sub
+	err := tx.Commit()
+	j := 0
+	for i := range ms {
+		if errs[i] == nil {
+			errs[i] = sub[j]
+			j++
+		}
+	}
+	return err
 }
 
 // placement is an entry reserved in a queue by a commit.
@@ -201,55 +242,79 @@ func (tx *Txn) reserve(sc *scratch, effs *[]queueEffects) (err error) {
 	for i, m := range tx.pubs {
 		m.ID = first + uint64(i)
 		m.PublishedAt = now
-		qs, err := tx.route(sc, m)
-		if err != nil {
-			return err
-		}
-		durable := 0
-		for _, q := range qs {
-			if q.durable {
-				durable++
-			}
-		}
-		shared := durable > 1
-		if shared {
-			sc.batch.PutBody(m)
-			sc.batch.PutRef(m.ID, uint32(durable))
-		}
-		for _, q := range qs {
-			e := &qentry{Entry: Entry{Seq: m.ID, MsgID: m.ID, ExpiresAt: m.ExpiresAt, Msg: m}, idx: Ready, size: m.Size()}
-			e.Shared = shared && q.durable
-			if m.NotBefore > now {
-				e.idx, e.Key = Scheduled, Key{Hi: uint64(m.NotBefore), Lo: m.ID}
-			} else {
-				e.Key = Key{Lo: m.ID}
-			}
-			q.mu.Lock()
-			if ttl := q.policy.TTL; ttl > 0 && (e.ExpiresAt == 0 || now+int64(ttl) < e.ExpiresAt) {
-				e.ExpiresAt = now + int64(ttl)
-			}
-			var fx effects
-			err := q.reserveLocked(e, &fx)
-			q.mu.Unlock()
-			if !fx.empty() {
-				*effs = append(*effs, queueEffects{q, fx})
-			}
-			if err != nil {
+		if err := tx.reserveOne(sc, m, now, effs); err != nil {
+			if tx.errs == nil {
 				return err
 			}
-			sc.places = append(sc.places, placement{q, e})
-			if q.durable {
-				sc.batch.PutEntry(q.name, e.idx, e.Entry)
-				sc.batch.AddCounts(q.name, 1, e.size)
-				if m.QoS > 0 {
-					tx.Sync = true
-				}
-			}
+			tx.errs[i] = err
 		}
-		if shared {
-			b.refMu.Lock()
-			b.refs[m.ID] = uint32(durable)
-			b.refMu.Unlock()
+	}
+	return nil
+}
+
+// reserveOne routes m and reserves it in every target queue, adding its
+// writes to the batch. On error it leaves nothing of m behind.
+func (tx *Txn) reserveOne(sc *scratch, m *Message, now int64, effs *[]queueEffects) error {
+	b := tx.b
+	places, subs := len(sc.places), len(sc.subs)
+	qs, err := tx.route(sc, m)
+	if err != nil {
+		return err
+	}
+	for _, q := range qs {
+		e := &qentry{Entry: Entry{Seq: m.ID, MsgID: m.ID, ExpiresAt: m.ExpiresAt, Msg: m}, idx: Ready, size: m.Size()}
+		if m.NotBefore > now {
+			e.idx, e.Key = Scheduled, Key{Hi: uint64(m.NotBefore), Lo: m.ID}
+		} else {
+			e.Key = Key{Lo: m.ID}
+		}
+		q.mu.Lock()
+		if ttl := q.policy.TTL; ttl > 0 && (e.ExpiresAt == 0 || now+int64(ttl) < e.ExpiresAt) {
+			e.ExpiresAt = now + int64(ttl)
+		}
+		var fx effects
+		err := q.reserveLocked(e, &fx)
+		q.mu.Unlock()
+		if !fx.empty() {
+			*effs = append(*effs, queueEffects{q, fx})
+		}
+		if err != nil {
+			for _, p := range sc.places[places:] {
+				p.q.mu.Lock()
+				p.q.unplaceLocked([]*qentry{p.e})
+				p.q.mu.Unlock()
+			}
+			clear(sc.places[places:])
+			sc.places = sc.places[:places]
+			clear(sc.subs[subs:])
+			sc.subs = sc.subs[:subs]
+			return err
+		}
+		sc.places = append(sc.places, placement{q, e})
+	}
+	durable := 0
+	for _, p := range sc.places[places:] {
+		if p.q.durable {
+			durable++
+		}
+	}
+	shared := durable > 1
+	if shared {
+		sc.batch.PutBody(m)
+		sc.batch.PutRef(m.ID, uint32(durable))
+		b.refMu.Lock()
+		b.refs[m.ID] = uint32(durable)
+		b.refMu.Unlock()
+	}
+	for _, p := range sc.places[places:] {
+		if !p.q.durable {
+			continue
+		}
+		p.e.Shared = shared
+		sc.batch.PutEntry(p.q.name, p.e.idx, p.e.Entry)
+		sc.batch.AddCounts(p.q.name, 1, p.e.size)
+		if m.QoS > 0 {
+			tx.Sync = true
 		}
 	}
 	return nil
