@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/tandem-mq/tandem/engine"
 	"github.com/tandem-mq/tandem/persist"
+	"github.com/tandem-mq/tandem/stomp"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -39,13 +40,35 @@ type Config struct {
 	Log       LogConfig       `yaml:"log"`
 	Storage   StorageConfig   `yaml:"storage"`
 	Queues    QueuesConfig    `yaml:"queues"`
+	STOMP     STOMPConfig     `yaml:"stomp"`
+}
+
+// STOMPConfig tunes the STOMP adapter. Every limit is finite.
+type STOMPConfig struct {
+	// MaxFrameBody bounds a frame's body; MaxHeaderLine its command and
+	// header lines; MaxHeaders its header count.
+	MaxFrameBody  ByteSize `yaml:"max_frame_body"`
+	MaxHeaderLine ByteSize `yaml:"max_header_line"`
+	MaxHeaders    int      `yaml:"max_headers"`
+	// HeartBeat is the interval the server offers and asks for.
+	HeartBeat time.Duration `yaml:"heart_beat"`
+	// ConnectTimeout bounds accept-to-CONNECT; FrameTimeout one frame.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	FrameTimeout   time.Duration `yaml:"frame_timeout"`
+	// DefaultPrefetch is a subscription's credit when the client names
+	// none (prefetch-count, activemq.prefetchSize); MaxPrefetch caps it.
+	DefaultPrefetch int `yaml:"default_prefetch"`
+	MaxPrefetch     int `yaml:"max_prefetch"`
+	// TopicBuffer bounds one connection's waiting topic messages; past it
+	// they are dropped for that connection and counted.
+	TopicBuffer int `yaml:"topic_buffer"`
 }
 
 // ListenersConfig holds the "host:port" addresses the broker listens on.
 // Port 0 picks a free port; the bound address is logged.
 type ListenersConfig struct {
-	// MQTT, STOMP and WebSocket are not served yet: the protocol adapters
-	// arrive with their own issues.
+	// MQTT and WebSocket are not served yet: their adapters arrive with
+	// their own issues.
 	MQTT      string `yaml:"mqtt"`
 	STOMP     string `yaml:"stomp"`
 	WebSocket string `yaml:"websocket"`
@@ -154,6 +177,16 @@ func (c *Config) EnsureDefaults() {
 	}
 	setDefault(&c.Storage.CacheSize, defaultCacheSize)
 	setDefault(&c.Storage.MemTableSize, defaultMemTableSize)
+	sd := stomp.DefaultConfig()
+	setDefault(&c.STOMP.MaxFrameBody, ByteSize(sd.Limits.MaxBody))
+	setDefault(&c.STOMP.MaxHeaderLine, ByteSize(sd.Limits.MaxLine))
+	setDefault(&c.STOMP.MaxHeaders, sd.Limits.MaxHeaders)
+	setDefault(&c.STOMP.HeartBeat, sd.HeartBeatSend)
+	setDefault(&c.STOMP.ConnectTimeout, sd.ConnectTimeout)
+	setDefault(&c.STOMP.FrameTimeout, sd.FrameTimeout)
+	setDefault(&c.STOMP.DefaultPrefetch, sd.DefaultPrefetch)
+	setDefault(&c.STOMP.MaxPrefetch, sd.MaxPrefetch)
+	setDefault(&c.STOMP.TopicBuffer, sd.TopicBuffer)
 	setDefault(&c.Queues.WindowSize, defaultWindowSize)
 	setDefault(&c.Queues.WindowBytes, defaultWindowBytes)
 	c.Queues.Default = policyConfigOf(engine.DefaultPolicy().Merge(c.Queues.Default.policy()))
@@ -188,7 +221,44 @@ func (c *Config) Validate() error {
 	if err := c.Storage.validate(); err != nil {
 		return err
 	}
-	return c.Queues.validate()
+	if err := c.Queues.validate(); err != nil {
+		return err
+	}
+	return c.STOMP.validate()
+}
+
+// maxFrameBody caps stomp.max_frame_body.
+const maxFrameBody = 1 << 30
+
+func (s STOMPConfig) validate() error {
+	if s.MaxFrameBody < 1 || s.MaxFrameBody > maxFrameBody {
+		return fmt.Errorf("stomp.max_frame_body must be between 1 and %d bytes, got %d", maxFrameBody, s.MaxFrameBody)
+	}
+	if s.MaxHeaderLine < 256 || s.MaxHeaderLine > 1<<20 {
+		return fmt.Errorf("stomp.max_header_line must be between 256 bytes and 1MiB, got %d", s.MaxHeaderLine)
+	}
+	if s.MaxHeaders < 8 || s.MaxHeaders > 10000 {
+		return fmt.Errorf("stomp.max_headers must be between 8 and 10000, got %d", s.MaxHeaders)
+	}
+	if s.HeartBeat < 0 {
+		return fmt.Errorf("stomp.heart_beat must not be negative, got %v", s.HeartBeat)
+	}
+	sc := s.serverConfig()
+	if err := sc.Validate(); err != nil {
+		return fmt.Errorf("stomp: %w", err)
+	}
+	return nil
+}
+
+// serverConfig maps the section onto stomp.Config.
+func (s STOMPConfig) serverConfig() stomp.Config {
+	c := stomp.DefaultConfig()
+	c.Limits = stomp.Limits{MaxLine: int(s.MaxHeaderLine), MaxHeaders: s.MaxHeaders, MaxBody: int(s.MaxFrameBody)}
+	c.HeartBeatSend, c.HeartBeatRecv = s.HeartBeat, s.HeartBeat
+	c.ConnectTimeout, c.FrameTimeout = s.ConnectTimeout, s.FrameTimeout
+	c.DefaultPrefetch, c.MaxPrefetch = s.DefaultPrefetch, s.MaxPrefetch
+	c.TopicBuffer = s.TopicBuffer
+	return c
 }
 
 func (l ListenersConfig) validate() error {

@@ -125,7 +125,8 @@ type proc struct {
 	err    error         // Wait's result, set before exited closes
 }
 
-// testEnv is the test's environment without TANDEM_* variables, plus env.
+// testEnv is the test's environment without TANDEM_* variables, with every
+// protocol listener on a free loopback port, plus env.
 func testEnv(env ...string) []string {
 	var out []string
 	for _, kv := range os.Environ() {
@@ -133,7 +134,16 @@ func testEnv(env ...string) []string {
 			out = append(out, kv)
 		}
 	}
+	out = append(out, loopbackListeners...)
 	return append(out, env...)
+}
+
+// loopbackListeners keeps test brokers off the default ports and off
+// every interface but loopback.
+var loopbackListeners = []string{
+	"TANDEM_STOMP_ADDR=127.0.0.1:0",
+	"TANDEM_MQTT_ADDR=127.0.0.1:0",
+	"TANDEM_WS_ADDR=127.0.0.1:0",
 }
 
 // start runs the binary with args and extra environment.
@@ -322,6 +332,7 @@ func TestRunInProcess(t *testing.T) {
 	env := map[string]string{
 		"TANDEM_DATA_DIR":   t.TempDir(),
 		"TANDEM_ADMIN_ADDR": "127.0.0.1:0",
+		"TANDEM_STOMP_ADDR": "127.0.0.1:0",
 		"TANDEM_LOG_FORMAT": "json",
 	}
 	stderr := newLines()

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/tandem-mq/tandem/engine"
 	"github.com/tandem-mq/tandem/persist"
+	"github.com/tandem-mq/tandem/stomp"
 )
 
 // Exit codes.
@@ -89,10 +91,13 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 	}
 	log.Debug().Str("admin", admin.Addr()).Msg("admin listening")
 
-	var broker *engine.Broker
+	var (
+		broker  *engine.Broker
+		stompLn *stompListener
+	)
 	defer func() {
 		ready.Store(false)
-		err = errors.Join(err, shutdown(cfg, admin, broker, store))
+		err = errors.Join(err, stompLn.close(), shutdown(cfg, admin, broker, store))
 	}()
 
 	broker, err = engine.Open(store, cfg.Queues.engineConfig())
@@ -100,10 +105,16 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 		return fmt.Errorf("start engine on data directory %s: %w", cfg.DataDir, err)
 	}
 
+	stompLn, err = startSTOMP(cfg, broker, log)
+	if err != nil {
+		return err
+	}
+
 	if ctx.Err() == nil {
 		ready.Store(true)
 		log.Info().
 			Str("admin", admin.Addr()).
+			Str("stomp", stompLn.addr()).
 			Str("data_dir", cfg.DataDir).
 			Bool("sync", *cfg.Storage.Sync).
 			Str("recovery", time.Since(start).Round(time.Microsecond).String()).
@@ -119,6 +130,8 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 	case <-admin.Done():
 		// The admin server failed; Shutdown below reports why.
 		log.Error().Msg("admin server stopped; shutting down")
+	case err := <-stompLn.done:
+		return fmt.Errorf("stomp listener %s: %w", stompLn.addr(), err)
 	}
 	if stopSignals != nil {
 		stopSignals()
@@ -165,4 +178,40 @@ func shutdown(cfg Config, admin *adminServer, broker *engine.Broker, store *pers
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// stompListener is the STOMP server on its TCP listener.
+type stompListener struct {
+	srv  *stomp.Server
+	ln   net.Listener
+	done chan error // Serve's result
+}
+
+func startSTOMP(cfg Config, b *engine.Broker, log zerolog.Logger) (*stompListener, error) {
+	srv, err := stomp.NewServer(b, cfg.STOMP.serverConfig(), log)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Listeners.STOMP)
+	if err != nil {
+		return nil, fmt.Errorf("stomp listener: %w", err)
+	}
+	l := &stompListener{srv: srv, ln: ln, done: make(chan error, 1)}
+	go func() { l.done <- srv.Serve(ln) }()
+	return l, nil
+}
+
+func (l *stompListener) addr() string { return l.ln.Addr().String() }
+
+// close stops the STOMP server: no new connections, every open one closed
+// (unacked messages go back to their queues), all its goroutines joined.
+func (l *stompListener) close() error {
+	if l == nil {
+		return nil
+	}
+	err := l.srv.Close()
+	if serr := <-l.done; !errors.Is(serr, stomp.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	return err
 }
