@@ -633,6 +633,9 @@ func (b *Broker) moveEntries(src *Queue, es []*qentry, dst string, rewrite func(
 			m = m.Clone()
 			m.ID = first + uint64(i)
 			m.NotBefore = 0
+			// It now lives in dst: deliveries name dst as their destination
+			// (a dead letter keeps where it came from in its headers).
+			m.Topic, m.ToQueue = dst, true
 			rewrite(i, m)
 			ne := &qentry{Entry: Entry{Key: Key{Lo: m.ID}, Seq: m.ID, MsgID: m.ID, Msg: m}, idx: Ready, size: m.Size()}
 			placed = append(placed, ne)

@@ -101,6 +101,9 @@ func TestNackBacksOffThenDeadLetters(t *testing.T) {
 	ds := dr.take()
 	expectBodies(t, "dlq", ds, "poison")
 	m := ds[0].Msg
+	if m.Topic != "jobs.dlq" || !m.ToQueue {
+		t.Fatalf("dead letter addressed to %q (queue %v), want the DLQ", m.Topic, m.ToQueue)
+	}
 	if prop(m, engine.HeaderDeathReason) != engine.DeathMaxDeliveries ||
 		prop(m, engine.HeaderOriginalDestination) != "jobs" ||
 		prop(m, engine.HeaderDeathTime) != "1767225603000" || prop(m, "k") != "v" {
