@@ -279,11 +279,23 @@ func (d *deadlineConn) connecting() bool {
 }
 
 // connected switches from the connect timeout to heart-beat enforcement.
+// The reader is usually blocked in a Read whose deadline is still the
+// connect timeout, so the socket's deadline is moved now: otherwise a
+// silent client is caught only at the connect timeout, and a client that
+// negotiated no heart-beats is cut off there while idle.
 func (d *deadlineConn) connected(idle time.Duration) {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.until = time.Time{}
 	d.idle = idle
-	d.mu.Unlock()
+	if !d.frameStart.IsZero() {
+		return // the next Read sets the frame's deadline
+	}
+	var dl time.Time
+	if idle > 0 {
+		dl = time.Now().Add(idle)
+	}
+	_ = d.Conn.SetReadDeadline(dl) // a closed socket fails its Read anyway
 }
 
 // negotiate picks the highest version both sides speak.
@@ -371,7 +383,12 @@ func stateConnecting(c *conn, f *frame.Frame) error {
 		frame.Server, c.s.cfg.ServerName,
 		frame.Session, c.id)
 	if v >= V11 {
-		resp.Header.Add(frame.HeartBeat, fmt.Sprintf("%d,%d", send.Milliseconds(), c.s.cfg.HeartBeatRecv.Milliseconds()))
+		// The negotiated intervals, as RabbitMQ sends them: "0" where a
+		// direction is off. Announcing HeartBeatRecv to a client that can
+		// send none (cx 0) would ask for heart-beats the server never
+		// enforces, and clients such as go-stomp take sy as their interval
+		// as is.
+		resp.Header.Add(frame.HeartBeat, fmt.Sprintf("%d,%d", send.Milliseconds(), recv.Milliseconds()))
 	}
 	c.out.control(resp, false)
 	c.state = stateConnected

@@ -3,9 +3,11 @@ package stomp
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/go-stomp/stomp/v3/frame"
 )
@@ -34,17 +36,24 @@ func FuzzReader(f *testing.F) {
 		v := []Version{V10, V11, V12}[int(ver)%3]
 		r := NewReader(bytes.NewReader(data), fuzzLimits)
 		r.SetVersion(v)
-		for {
-			fm, err := r.Read()
-			if err != nil {
-				checkFuzzError(t, err)
-				return
-			}
+		got, err := readAll(r)
+		if err != nil {
+			checkFuzzError(t, err)
+		}
+		for _, fm := range got {
 			if fm == nil {
 				continue // heart-beat
 			}
 			checkFuzzLimits(t, fm)
 			checkReencode(t, fm)
+		}
+
+		// The same bytes one at a time decode the same way.
+		r = NewReader(iotest.OneByteReader(bytes.NewReader(data)), fuzzLimits)
+		r.SetVersion(v)
+		split, splitErr := readAll(r)
+		if fmt.Sprint(err) != fmt.Sprint(splitErr) || len(split) != len(got) || !isPrefix(split, got) {
+			t.Fatalf("one byte at a time: %d results, %v; whole: %d results, %v", len(split), splitErr, len(got), err)
 		}
 	})
 }
