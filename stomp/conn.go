@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-stomp/stomp/v3/frame"
@@ -50,10 +51,12 @@ type conn struct {
 	in   chan *frame.Frame // reader -> processor
 	done chan struct{}     // closed when the connection is being torn down
 	once sync.Once
+	// ver is the negotiated Version: set by the processor, read by the
+	// writer (escaping) and the reader (its ERRORs) as well.
+	ver atomic.Int32
 
 	// Owned by the processor goroutine.
 	state     stateFunc
-	version   Version
 	user      string
 	clientID  string
 	subs      map[string]*subscription // by the client's subscription id
@@ -76,12 +79,12 @@ func newConn(s *Server, nc net.Conn) *conn {
 		in:      make(chan *frame.Frame, 64),
 		done:    make(chan struct{}),
 		state:   stateConnecting,
-		version: V12,
 		subs:    make(map[string]*subscription),
 		subNums: make(map[uint64]*subscription),
 		txns:    make(map[string]*txn),
 		temps:   make(map[string]string),
 	}
+	c.ver.Store(int32(V12))
 	c.dc = &deadlineConn{Conn: nc, frameTimeout: s.cfg.FrameTimeout, until: time.Now().Add(s.cfg.ConnectTimeout)}
 	c.r = NewReader(c.dc, s.cfg.Limits)
 	c.r.OnFrameStart = c.dc.frameStarted
@@ -95,13 +98,31 @@ func (c *conn) run() {
 	defer c.s.forget(c)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); c.out.run() }()
+	written := make(chan struct{})
+	go func() { defer wg.Done(); defer close(written); c.out.run() }()
 	go func() { defer wg.Done(); c.readLoop() }()
 	c.process()
 	c.teardown()
+	// The reader may have queued an ERROR (bad frame, timeout) just before
+	// it stopped: let the writer send what is queued and close, rather than
+	// closing the socket under it, but not for longer than flushTimeout.
+	c.out.control(nil, true)
+	t := time.NewTimer(flushTimeout)
+	select {
+	case <-written:
+	case <-t.C:
+	case <-c.done:
+	}
+	t.Stop()
 	c.shutdown()
 	wg.Wait()
 }
+
+// flushTimeout bounds how long a closing connection waits for its last
+// frames to be written.
+const flushTimeout = 2 * time.Second
+
+func (c *conn) version() Version { return Version(c.ver.Load()) }
 
 // shutdown closes the socket, which ends the reader and writer.
 func (c *conn) shutdown() {
@@ -120,6 +141,7 @@ func (c *conn) readLoop() {
 			c.log.Error().Interface("panic", p).Msg("reader panic; connection closed")
 		}
 	}()
+	first := true
 	for {
 		f, err := c.r.Read()
 		if err != nil {
@@ -129,6 +151,19 @@ func (c *conn) readLoop() {
 		c.dc.frameDone()
 		if f == nil {
 			continue // heart-beat
+		}
+		if first {
+			// The reader must parse the frames after CONNECT with the
+			// negotiated version's escaping. It sets it itself, before it
+			// reads on: a client may pipeline frames behind its CONNECT, and
+			// the processor's negotiation (the same function, the same
+			// answer) may not have run yet.
+			first = false
+			if f.Command == frame.CONNECT || f.Command == frame.STOMP {
+				if v, ok := negotiate(f.Header.Get(frame.AcceptVersion)); ok {
+					c.r.SetVersion(v)
+				}
+			}
 		}
 		select {
 		case c.in <- f:
@@ -151,12 +186,12 @@ func (c *conn) readError(err error) {
 			msg = "connect timeout: no CONNECT frame in time"
 		}
 		c.log.Info().Msg(msg)
-		c.out.error(&protoError{msg: msg}, c.version)
+		c.out.error(&protoError{msg: msg}, c.version())
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		c.log.Info().Msg("connection closed in the middle of a frame")
 	default:
 		c.log.Info().Err(err).Msg("bad frame")
-		c.out.error(&protoError{msg: "malformed frame", detail: err.Error()}, c.version)
+		c.out.error(&protoError{msg: "malformed frame", detail: err.Error()}, c.version())
 	}
 }
 
@@ -165,7 +200,7 @@ func (c *conn) process() {
 	defer func() {
 		if p := recover(); p != nil {
 			c.log.Error().Interface("panic", p).Msg("processor panic; connection closed")
-			c.out.error(&protoError{msg: "internal error"}, c.version)
+			c.out.error(&protoError{msg: "internal error"}, c.version())
 		}
 	}()
 	for f := range c.in {
@@ -203,7 +238,7 @@ func (c *conn) fail(err error) {
 	} else {
 		c.log.Info().Str("error", pe.Error()).Msg("client error")
 	}
-	c.out.error(pe, c.version)
+	c.out.error(pe, c.version())
 }
 
 // teardown releases what the connection holds in the engine: consumers
@@ -344,8 +379,7 @@ func stateConnecting(c *conn, f *frame.Frame) error {
 		pe := errorf(f, "supported protocol versions are 1.0 1.1 1.2")
 		return pe
 	}
-	c.version = v
-	c.r.SetVersion(v)
+	c.ver.Store(int32(v)) // the reader has set its own version (readLoop)
 	cx, cy, ok := parseHeartBeat(f.Header.Get(frame.HeartBeat))
 	if !ok && v >= V11 {
 		return errorf(f, "bad heart-beat header %q", truncate(f.Header.Get(frame.HeartBeat)))

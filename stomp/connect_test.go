@@ -257,3 +257,35 @@ func TestHeartBeatSentWhenQuiet(t *testing.T) {
 	}
 	recv(t, sub)
 }
+
+// STOMP 1.2 §Heart-beating: "0" means no heart-beats; a client that
+// negotiated none may stay idle. (The reader's pending Read used to keep
+// the connect timeout as its deadline, cutting such clients off.)
+func TestIdleWithoutHeartBeatsOutlivesConnectTimeout(t *testing.T) {
+	br := startBroker(t, engine.Config{}, func(c *stomp.Config) {
+		c.ConnectTimeout = 200 * time.Millisecond
+	})
+	rc := br.rawConnect("accept-version:1.2", "host:x", "heart-beat:0,0")
+	// Idle well past the connect timeout: no frame may arrive, and the
+	// connection must still be open afterwards.
+	if f, err := rc.readFrame(700 * time.Millisecond); err == nil {
+		t.Fatalf("unexpected %s %v %q", f.Command, f.Headers, f.Body)
+	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		t.Fatalf("connection ended while idle: %v", err)
+	}
+	rc.send("SEND", []byte("late"), "destination:/queue/idle", "receipt:r")
+	if f := rc.read(); f.Command != "RECEIPT" {
+		t.Fatalf("got %s %v %q", f.Command, f.Headers, f.Body)
+	}
+}
+
+// STOMP 1.2 §Connecting: the connect timeout still closes a client that
+// never sends CONNECT.
+func TestConnectTimeout(t *testing.T) {
+	br := startBroker(t, engine.Config{}, func(c *stomp.Config) {
+		c.ConnectTimeout = 200 * time.Millisecond
+	})
+	rc := br.raw()
+	rc.expectError("connect timeout")
+	rc.expectClosed(5 * time.Second)
+}

@@ -33,7 +33,7 @@ func stateConnected(c *conn, f *frame.Frame) error {
 	case frame.ACK:
 		return c.onAck(f, true)
 	case frame.NACK:
-		if c.version == V10 {
+		if c.version() == V10 {
 			return errorf(f, "NACK is not part of STOMP 1.0")
 		}
 		return c.onAck(f, false)
@@ -199,7 +199,9 @@ func (c *conn) onSend(f *frame.Frame) error {
 // tempQueue returns the engine queue behind the connection's temporary
 // queue name, declaring it and subscribing the connection to it on first
 // use, as RabbitMQ does: replies arrive as MESSAGEs whose subscription is
-// the temp-queue destination.
+// the temp-queue destination. SUBSCRIBE passes dest "": the client reads
+// the queue through its own subscription, and an automatic one would
+// compete with it for the replies.
 func (c *conn) tempQueue(name, dest string) (string, error) {
 	if q, ok := c.temps[name]; ok {
 		return q, nil
@@ -209,7 +211,7 @@ func (c *conn) tempQueue(name, dest string) (string, error) {
 		return "", err
 	}
 	c.temps[name] = q
-	if _, exists := c.subs[dest]; !exists {
+	if _, exists := c.subs[dest]; !exists && dest != "" {
 		sub, err := c.newSubscription(dest, dest, ackAuto, c.s.cfg.DefaultPrefetch)
 		if err != nil {
 			return "", err
@@ -229,7 +231,7 @@ func (c *conn) onSubscribe(f *frame.Frame) error {
 	}
 	id, ok := f.Header.Contains(frame.Id)
 	if !ok {
-		if c.version >= V11 {
+		if c.version() >= V11 {
 			return errorf(f, "SUBSCRIBE frame has no id header")
 		}
 		id = dest
@@ -326,7 +328,7 @@ func (c *conn) durableName(f *frame.Frame) string {
 func (c *conn) onUnsubscribe(f *frame.Frame) error {
 	id, ok := f.Header.Contains(frame.Id)
 	if !ok {
-		if c.version >= V11 {
+		if c.version() >= V11 {
 			return errorf(f, "UNSUBSCRIBE frame has no id header")
 		}
 		id = f.Header.Get(frame.Destination)
@@ -349,13 +351,13 @@ func (c *conn) onUnsubscribe(f *frame.Frame) error {
 // onAck handles ACK (ack) and NACK (!ack), outside or inside a transaction.
 func (c *conn) onAck(f *frame.Frame, ack bool) error {
 	var id string
-	if c.version == V12 {
+	if c.version() == V12 {
 		id = f.Header.Get(frame.Id)
 	} else {
 		id = f.Header.Get(frame.MessageId)
 	}
 	if id == "" {
-		return errorf(f, "%s frame has no %s header", f.Command, map[bool]string{true: "id", false: "message-id"}[c.version == V12])
+		return errorf(f, "%s frame has no %s header", f.Command, map[bool]string{true: "id", false: "message-id"}[c.version() == V12])
 	}
 	sub, tag, err := c.parseAckID(id)
 	if err != nil {

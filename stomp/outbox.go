@@ -110,10 +110,16 @@ func (o *outbox) setHeartBeat(d time.Duration) {
 	}
 }
 
-// take swaps out the queued items.
+// take swaps out the queued items. With none queued it swaps nothing:
+// handing o.items' empty array out while installing spare's would leave
+// the caller's spare and o.items on one array, and push would then
+// overwrite frames the writer is still encoding.
 func (o *outbox) take(spare []outItem) ([]outItem, time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if len(o.items) == 0 {
+		return nil, o.hb
+	}
 	items := o.items
 	o.items = spare[:0]
 	o.topics = 0
@@ -121,7 +127,7 @@ func (o *outbox) take(spare []outItem) ([]outItem, time.Duration) {
 }
 
 // run is the writer: it encodes queued frames into one buffer per wake-up,
-// writes it, acks what auto-ack subscriptions received, and sends
+// acks what auto-ack subscriptions are sent, writes the buffer, and sends
 // heart-beats when the connection is otherwise quiet.
 func (o *outbox) run() {
 	c := o.c
@@ -173,8 +179,8 @@ func (o *outbox) run() {
 					acks[it.sub] = append(acks[it.sub], it.d.Tag)
 				}
 			case it.f != nil:
-				escape := c.version != V10 && it.f.Command != frame.CONNECTED
-				buf = AppendFrame(buf, it.f, c.version, escape)
+				escape := c.version() != V10 && it.f.Command != frame.CONNECTED
+				buf = AppendFrame(buf, it.f, c.version(), escape)
 			}
 			if it.close {
 				closeAfter = true
@@ -183,18 +189,24 @@ func (o *outbox) run() {
 		}
 		clear(items)
 		spare = items
+		// ack:auto messages are acked before they are written, not after:
+		// a client that has read one may UNSUBSCRIBE (or leave) at once,
+		// and the processor then closes the consumer, which would return
+		// a message still unacked to the queue for a second delivery.
+		// ack:auto is at most once either way: a write that succeeds only
+		// reached the kernel.
+		for sub, tags := range acks {
+			if err := sub.autoAck(tags); err != nil && !sub.closed.Load() {
+				c.log.Debug().Err(err).Str("sub", sub.id).Msg("auto ack")
+			}
+			delete(acks, sub)
+		}
 		if len(buf) > 0 && !o.write(buf) {
 			return
 		}
 		if timer != nil {
 			timer.Stop()
 			timer, timeC = nil, nil
-		}
-		for sub, tags := range acks {
-			if err := sub.consumer.Ack(false, tags...); err != nil && !sub.closed.Load() {
-				c.log.Debug().Err(err).Str("sub", sub.id).Msg("auto ack")
-			}
-			delete(acks, sub)
 		}
 		if closeAfter {
 			c.shutdown()
@@ -235,13 +247,13 @@ func (o *outbox) appendMessage(buf []byte, s *subscription, d engine.Delivery) [
 		frame.Subscription, s.id,
 		frame.MessageId, id,
 		frame.Destination, protocol.STOMPDestination(m.Topic, m.ToQueue))
-	if c.version == V12 && s.mode != ackAuto {
+	if c.version() == V12 && s.mode != ackAuto {
 		f.Header.Add(frame.Ack, id)
 	}
 	if d.Tag != 0 {
-		if d.Count > 1 {
-			f.Header.Add("redelivered", "true")
-		}
+		// Always present, as RabbitMQ sends it: a client can tell a first
+		// delivery from a header that is simply missing.
+		f.Header.Add("redelivered", strconv.FormatBool(d.Count > 1))
 		f.Header.Add("x-delivery-count", strconv.FormatUint(uint64(d.Count), 10))
 	}
 	f.Header.Add(frame.ContentLength, strconv.Itoa(len(m.Body)))
@@ -249,5 +261,5 @@ func (o *outbox) appendMessage(buf []byte, s *subscription, d engine.Delivery) [
 		f.Header.Add(p.Key, p.Value)
 	}
 	f.Body = m.Body
-	return AppendFrame(buf, f, c.version, c.version != V10)
+	return AppendFrame(buf, f, c.version(), c.version() != V10)
 }

@@ -9,6 +9,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/go-stomp/stomp/v3/frame"
 )
@@ -87,7 +88,8 @@ const (
 )
 
 // Reader decodes STOMP frames from a byte stream, buffering no more for one
-// frame than its Limits allow. A Reader is not safe for concurrent use.
+// frame than its Limits allow. Read is not safe for concurrent use;
+// SetVersion may be called from any goroutine.
 //
 // After Read returns an error other than a heart-beat's (nil, nil) the
 // Reader's position in the stream is undefined: close the connection.
@@ -97,9 +99,11 @@ type Reader struct {
 	// uses it to bound how long one frame may take to arrive.
 	OnFrameStart func()
 
-	br      *bufio.Reader
-	lim     Limits
-	version Version
+	br  *bufio.Reader
+	lim Limits
+	// version holds a Version; SetVersion may run on another goroutine
+	// than Read (the server's processor, after CONNECT).
+	version atomic.Int32
 	// line gathers a line that does not fit in br's buffer.
 	line []byte
 	// hdr gathers a frame's header keys and values before they are copied
@@ -115,14 +119,21 @@ func NewReader(r io.Reader, lim Limits) *Reader {
 	if lim.MaxLine <= 0 || lim.MaxHeaders <= 0 || lim.MaxBody <= 0 {
 		panic(fmt.Sprintf("stomp: NewReader: every limit must be > 0, got %+v", lim))
 	}
-	return &Reader{br: bufio.NewReaderSize(r, readerBufSize), lim: lim, version: V12}
+	rd := &Reader{br: bufio.NewReaderSize(r, readerBufSize), lim: lim}
+	rd.version.Store(int32(V12))
+	return rd
 }
 
 // SetVersion sets the version whose header escaping rules Read applies:
 // none for V10, backslash, LF and colon for V11, and CR as well for V12.
 // The server calls it once the version is negotiated; the CONNECT or STOMP
 // frame itself is never unescaped.
-func (r *Reader) SetVersion(v Version) { r.version = v }
+//
+// It is safe to call while another goroutine is in Read. The new rules
+// apply from the next frame whose command line Read finishes after the
+// call; to be sure the frame after CONNECT is decoded with them, call
+// SetVersion before the next Read begins.
+func (r *Reader) SetVersion(v Version) { r.version.Store(int32(v)) }
 
 // Read returns the next frame. A bare EOL between frames (a heart-beat)
 // returns (nil, nil), once per EOL. Read returns io.EOF if the stream ends
@@ -158,13 +169,14 @@ func (r *Reader) Read() (*frame.Frame, error) {
 		return nil, err
 	}
 	command := commandString(line)
+	version := Version(r.version.Load())
 	// STOMP 1.2 "Value Encoding": "The CONNECT and CONNECTED frames do not
 	// escape the carriage return, line feed or colon octets in order to
 	// remain backward compatible with STOMP 1.0"; STOMP is CONNECT's alias.
-	unescape := r.version >= V11 && command != frame.CONNECT &&
+	unescape := version >= V11 && command != frame.CONNECT &&
 		command != frame.STOMP && command != frame.CONNECTED
 
-	hdr, err := r.readHeaders(unescape)
+	hdr, err := r.readHeaders(unescape, version >= V12)
 	if err != nil {
 		return nil, err
 	}
@@ -189,8 +201,9 @@ func (r *Reader) Read() (*frame.Frame, error) {
 }
 
 // readHeaders reads header lines up to and including the blank line that
-// ends them, and returns their keys and values in r.hdr.
-func (r *Reader) readHeaders(unescape bool) ([]string, error) {
+// ends them, and returns their keys and values in r.hdr. With unescape set
+// it decodes STOMP 1.1 escapes, and \r as well if v12.
+func (r *Reader) readHeaders(unescape, v12 bool) ([]string, error) {
 	hdr := r.hdr[:0]
 	for n := 0; ; n++ {
 		line, err := r.readLine()
@@ -217,7 +230,6 @@ func (r *Reader) readHeaders(unescape bool) ([]string, error) {
 			s := string(line)
 			key, value = s[:i], s[i+1:]
 		} else {
-			v12 := r.version >= V12
 			if key, err = unescapeHeader(line[:i], v12); err != nil {
 				return nil, err
 			}

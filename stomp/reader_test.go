@@ -324,6 +324,30 @@ func TestOnFrameStartEarly(t *testing.T) {
 	}
 }
 
+// TestSetVersionConcurrent sets the version while Read waits for a frame,
+// as the server does after CONNECT: the frame is decoded by the new rules.
+func TestSetVersionConcurrent(t *testing.T) {
+	pr, pw := io.Pipe()
+	r := NewReader(pr, testLimits)
+	type result struct {
+		f   *frame.Frame
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		f, err := r.Read()
+		done <- result{f, err}
+	}()
+	r.SetVersion(V10)
+	if _, err := pw.Write([]byte("SEND\nk:a\\tb\n\n\x00")); err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.err != nil || res.f.Header.Get("k") != "a\\tb" {
+		t.Fatalf("Read = %v, %v; want k:a\\tb unescaped", fmtFrame(res.f), res.err)
+	}
+}
+
 func TestVersionString(t *testing.T) {
 	for v, want := range map[Version]string{V10: "1.0", V11: "1.1", V12: "1.2", 13: "stomp.Version(13)"} {
 		if got := v.String(); got != want {

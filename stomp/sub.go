@@ -47,6 +47,11 @@ type subscription struct {
 	closed       atomic.Bool
 
 	mu sync.Mutex
+	// consumer is written by the processor once Consume returns, but the
+	// engine may deliver (and the writer auto-ack) before that, so the
+	// writer reads it under mu and parks its acks in early until it is
+	// set (see autoAck).
+	early []uint64
 	// outstanding holds, in ack mode client, the tags delivered and not
 	// yet settled, in delivery order: an ACK settles every tag up to its
 	// own.
@@ -67,8 +72,31 @@ func (s *subscription) consume(queue string) error {
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
 	s.consumer = cons
+	early := s.early
+	s.early = nil
+	s.mu.Unlock()
+	if len(early) > 0 {
+		if err := cons.Ack(false, early...); err != nil && !errors.Is(err, engine.ErrUnknownTag) {
+			return err
+		}
+	}
 	return nil
+}
+
+// autoAck acks what the writer sent to an ack:auto subscription. It runs
+// in the writer goroutine.
+func (s *subscription) autoAck(tags []uint64) error {
+	s.mu.Lock()
+	cons := s.consumer
+	if cons == nil {
+		s.early = append(s.early, tags...)
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	return cons.Ack(false, tags...)
 }
 
 // subscribeTopic attaches the subscription to a topic filter.
