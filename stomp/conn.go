@@ -191,7 +191,8 @@ func (c *conn) readError(err error) {
 		c.log.Info().Msg("connection closed in the middle of a frame")
 	default:
 		c.log.Info().Err(err).Msg("bad frame")
-		c.out.error(&protoError{msg: "malformed frame", detail: err.Error()}, c.version())
+		// The message header says why: clients such as go-stomp show only it.
+		c.out.error(&protoError{msg: "malformed frame: " + strings.TrimPrefix(err.Error(), "stomp: ")}, c.version())
 	}
 }
 
