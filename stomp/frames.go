@@ -339,7 +339,8 @@ func (c *conn) onUnsubscribe(f *frame.Frame) error {
 	}
 	sub.close()
 	if sub.durableQueue != "" && (f.Header.Get("durable") == "true" || f.Header.Get("persistent") == "true" ||
-		f.Header.Get("activemq.subscriptionName") != "" || f.Header.Get("durable-subscription-name") != "") {
+		f.Header.Get("activemq.subscriptionName") != "" || f.Header.Get("durable-subscription-name") != "" ||
+		f.Header.Get("durable-subscriber-name") != "") {
 		if err := c.s.b.DeleteQueue(sub.durableQueue); err != nil && !errors.Is(err, engine.ErrNoQueue) {
 			return err
 		}
