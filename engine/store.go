@@ -1,6 +1,10 @@
 package engine
 
-import "sync"
+import (
+	"fmt"
+	"math"
+	"sync"
+)
 
 // This file defines what the engine needs from storage. persist implements
 // it on Pebble; memstore implements it in memory for tests. Both run the one
@@ -259,3 +263,47 @@ func (b *Batch) PutKV(ns, key string, value []byte) {
 
 // DeleteKV removes key from namespace ns.
 func (b *Batch) DeleteKV(ns, key string) { b.add(Op{Kind: OpDeleteKV, NS: ns, KVKey: key}) }
+
+// Problem reports why a store cannot apply op, or "" if it can. Every
+// Store refuses a batch holding an op with a problem, and writes none of it.
+func (op *Op) Problem() string {
+	switch op.Kind {
+	case OpPutEntry, OpDeleteEntry, OpPurgeIndex:
+		if op.Index != Ready && op.Index != Scheduled {
+			return fmt.Sprintf("unknown index %d", op.Index)
+		}
+	}
+	switch op.Kind {
+	case OpPutQueue, OpDeleteQueue, OpPurgeIndex, OpTrimReady,
+		OpDeleteBody, OpDeleteRef, OpAddCounts, OpPutBinding,
+		OpDeleteBinding, OpSetIDFloor, OpPutKV, OpDeleteKV:
+		return ""
+	case OpPutEntry:
+		if op.Index == Ready && op.Entry.Key.Hi != 0 {
+			return "ready key with Hi != 0"
+		}
+		if !op.Entry.Shared && op.Entry.Msg == nil {
+			return "unshared entry without a message"
+		}
+		return ""
+	case OpDeleteEntry:
+		if op.Index == Ready && op.Key.Hi != 0 {
+			return "ready key with Hi != 0"
+		}
+		return ""
+	case OpPutBody:
+		if op.Msg == nil {
+			return "body without a message"
+		}
+		if op.Msg.ID != op.ID {
+			return "body ID differs from message ID"
+		}
+		return ""
+	case OpPutRef:
+		if op.N < 0 || op.N > math.MaxUint32 {
+			return fmt.Sprintf("reference count %d out of range", op.N)
+		}
+		return ""
+	}
+	return "unknown op kind"
+}

@@ -2,7 +2,6 @@ package persist
 
 import (
 	"fmt"
-	"math"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/tandem-mq/tandem/engine"
@@ -84,7 +83,7 @@ func appendBatch(pb *pebble.Batch, b *engine.Batch, counts *countsAcc, bufs *enc
 	defer func() { bufs.val = buf[:0] }()
 	for i := range b.Ops {
 		op := &b.Ops[i]
-		if why := checkOp(op); why != "" {
+		if why := op.Problem(); why != "" {
 			return fmt.Errorf("%w: op %d (kind %d): %s", ErrInvalidBatch, i, op.Kind, why)
 		}
 		buf = buf[:0]
@@ -153,47 +152,4 @@ func deleteQueue(pb *pebble.Batch, queue string) error {
 		}
 	}
 	return nil
-}
-
-// checkOp reports why op cannot be applied, or "" if it can.
-func checkOp(op *engine.Op) string {
-	switch op.Kind {
-	case engine.OpPutEntry, engine.OpDeleteEntry, engine.OpPurgeIndex:
-		if op.Index != engine.Ready && op.Index != engine.Scheduled {
-			return fmt.Sprintf("unknown index %d", op.Index)
-		}
-	}
-	switch op.Kind {
-	case engine.OpPutQueue, engine.OpDeleteQueue, engine.OpPurgeIndex, engine.OpTrimReady,
-		engine.OpDeleteBody, engine.OpDeleteRef, engine.OpAddCounts, engine.OpPutBinding,
-		engine.OpDeleteBinding, engine.OpSetIDFloor, engine.OpPutKV, engine.OpDeleteKV:
-		return ""
-	case engine.OpPutEntry:
-		if op.Index == engine.Ready && op.Entry.Key.Hi != 0 {
-			return "ready key with Hi != 0"
-		}
-		if !op.Entry.Shared && op.Entry.Msg == nil {
-			return "unshared entry without a message"
-		}
-		return ""
-	case engine.OpDeleteEntry:
-		if op.Index == engine.Ready && op.Key.Hi != 0 {
-			return "ready key with Hi != 0"
-		}
-		return ""
-	case engine.OpPutBody:
-		if op.Msg == nil {
-			return "body without a message"
-		}
-		if op.Msg.ID != op.ID {
-			return "body ID differs from message ID"
-		}
-		return ""
-	case engine.OpPutRef:
-		if op.N < 0 || op.N > math.MaxUint32 {
-			return fmt.Sprintf("reference count %d out of range", op.N)
-		}
-		return ""
-	}
-	return "unknown op kind"
 }

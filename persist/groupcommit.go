@@ -144,7 +144,7 @@ func setErr(group []*commitReq, err error) {
 func checkBatch(b *engine.Batch) error {
 	for i := range b.Ops {
 		op := &b.Ops[i]
-		if why := checkOp(op); why != "" {
+		if why := op.Problem(); why != "" {
 			return fmt.Errorf("%w: op %d (kind %d): %s", ErrInvalidBatch, i, op.Kind, why)
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -109,7 +108,7 @@ func (s *Store) Load() (*engine.State, error) {
 // under the lock, so it is all-or-nothing; sync has no meaning here.
 func (s *Store) Apply(b *engine.Batch, sync bool) error {
 	for i := range b.Ops {
-		if why := checkOp(&b.Ops[i]); why != "" {
+		if why := b.Ops[i].Problem(); why != "" {
 			return fmt.Errorf("%w: op %d (kind %d): %s", ErrInvalidBatch, i, b.Ops[i].Kind, why)
 		}
 	}
@@ -195,50 +194,6 @@ func (s *Store) applyLocked(op *engine.Op) {
 	case engine.OpDeleteKV:
 		delete(s.kv[op.NS], op.KVKey)
 	}
-}
-
-// checkOp reports why op cannot be applied, or "" if it can. The rules are
-// the same as persist's.
-func checkOp(op *engine.Op) string {
-	switch op.Kind {
-	case engine.OpPutEntry, engine.OpDeleteEntry, engine.OpPurgeIndex:
-		if op.Index != engine.Ready && op.Index != engine.Scheduled {
-			return fmt.Sprintf("unknown index %d", op.Index)
-		}
-	}
-	switch op.Kind {
-	case engine.OpPutQueue, engine.OpDeleteQueue, engine.OpPurgeIndex, engine.OpTrimReady,
-		engine.OpDeleteBody, engine.OpDeleteRef, engine.OpAddCounts, engine.OpPutBinding,
-		engine.OpDeleteBinding, engine.OpSetIDFloor, engine.OpPutKV, engine.OpDeleteKV:
-		return ""
-	case engine.OpPutEntry:
-		if op.Index == engine.Ready && op.Entry.Key.Hi != 0 {
-			return "ready key with Hi != 0"
-		}
-		if !op.Entry.Shared && op.Entry.Msg == nil {
-			return "unshared entry without a message"
-		}
-		return ""
-	case engine.OpDeleteEntry:
-		if op.Index == engine.Ready && op.Key.Hi != 0 {
-			return "ready key with Hi != 0"
-		}
-		return ""
-	case engine.OpPutBody:
-		if op.Msg == nil {
-			return "body without a message"
-		}
-		if op.Msg.ID != op.ID {
-			return "body ID differs from message ID"
-		}
-		return ""
-	case engine.OpPutRef:
-		if op.N < 0 || op.N > math.MaxUint32 {
-			return fmt.Sprintf("reference count %d out of range", op.N)
-		}
-		return ""
-	}
-	return "unknown op kind"
 }
 
 func cmpKey(a, b engine.Key) int {
