@@ -62,9 +62,9 @@ func SwapSeparators(s string) string {
 	return string(b)
 }
 
-// ParseSTOMP maps a STOMP destination to an engine address. With filter,
-// a /topic/ destination may use the wildcards '*' (one level) and '#' (the
-// rest), which become the engine's '+' and '#'.
+// ParseSTOMP maps a STOMP destination to an engine address. filter is set
+// for a subscription: then a /topic/ destination may use the wildcards '*'
+// (one level) and '#' (the rest), which become the engine's '+' and '#'.
 func ParseSTOMP(dest string, filter bool) (Destination, error) {
 	switch {
 	case strings.HasPrefix(dest, STOMPTopicPrefix):
@@ -91,6 +91,13 @@ func ParseSTOMP(dest string, filter bool) (Destination, error) {
 		name := dest[len(STOMPQueuePrefix):]
 		if err := engine.ValidateQueueName(name); err != nil {
 			return Destination{}, fmt.Errorf("%w: %q: %v", ErrBadDestination, dest, err)
+		}
+		// Names starting with '$' are the broker's own (subscription,
+		// session and temporary queues): a client may send to a temporary
+		// queue it was given as reply-to, but not read one, nor touch the
+		// others directly.
+		if strings.HasPrefix(name, "$") && (filter || !strings.HasPrefix(name, tempQueuePrefix)) {
+			return Destination{}, fmt.Errorf("%w: %q: queue names starting with '$' are reserved", ErrBadDestination, dest)
 		}
 		return Destination{Kind: Queue, Name: name}, nil
 	case strings.HasPrefix(dest, STOMPTempQueuePrefix):
@@ -124,5 +131,7 @@ func SharedSubscriptionQueue(name, filter string) (string, error) {
 
 // TempQueueName is the engine queue behind a connection's temporary queue.
 func TempQueueName(connID, name string) string {
-	return "$tmp/" + connID + "/" + name
+	return tempQueuePrefix + connID + "/" + name
 }
+
+const tempQueuePrefix = "$tmp/"

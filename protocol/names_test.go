@@ -24,6 +24,10 @@ func TestParseSTOMP(t *testing.T) {
 		{"/queue/jobs.dlq", true, Destination{Queue, "jobs.dlq"}, false},
 		{"/queue/", false, Destination{}, true},
 		{"/temp-queue/reply", false, Destination{TempQueue, "reply"}, false},
+		{"/queue/$tmp/7/reply", false, Destination{Queue, "$tmp/7/reply"}, false}, // a reply-to
+		{"/queue/$tmp/7/reply", true, Destination{}, true},
+		{"/queue/$share/g/a/#", false, Destination{}, true},
+		{"/queue/$mqtt/device-1", true, Destination{}, true},
 		{"/exchange/amq.topic/x", false, Destination{}, true},
 		{"jobs", false, Destination{}, true},
 	}
