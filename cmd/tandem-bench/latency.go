@@ -168,29 +168,14 @@ func runLatency(ctx context.Context, cfg latencyConfig) (latencyResult, error) {
 	producers.Wait()
 	sendSecs := time.Since(start).Seconds()
 
-	drainTimer := time.NewTimer(cfg.drain)
-	defer drainTimer.Stop()
-	poll := time.NewTicker(5 * time.Millisecond)
-	defer poll.Stop()
-	sent := l.totalSent()
-drain:
-	for l.unique.Load() < sent {
-		select {
-		case <-poll.C:
-		case <-drainTimer.C:
-			break drain
-		case <-ctx.Done():
-			break drain
-		}
-	}
+	l.waitDelivered(ctx, cfg.drain)
 	stopConsumers()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		fail(err)
 	}
 
 	res.counts = l.counts()
-	res.ExactlyOnce = res.Sent > 0 && res.Received == res.Sent && res.Receipted == res.Sent &&
-		res.Duplicates == 0 && res.Lost == 0 && res.InDoubt == 0
+	res.ExactlyOnce = res.counts.exactlyOnce()
 	if sendSecs > 0 {
 		res.AchievedRate = math.Round(float64(res.Sent) / sendSecs)
 	}

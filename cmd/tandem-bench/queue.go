@@ -163,30 +163,14 @@ func runQueue(ctx context.Context, cfg queueConfig) (queueResult, error) {
 	producers.Wait()
 	res.SendSecs = time.Since(start).Seconds()
 
-	// Drain: wait until every SEND was delivered, for at most cfg.drain.
-	drainTimer := time.NewTimer(cfg.drain)
-	defer drainTimer.Stop()
-	poll := time.NewTicker(5 * time.Millisecond)
-	defer poll.Stop()
-	sent := l.totalSent()
-drain:
-	for l.unique.Load() < sent {
-		select {
-		case <-poll.C:
-		case <-drainTimer.C:
-			break drain
-		case <-ctx.Done():
-			break drain
-		}
-	}
+	l.waitDelivered(ctx, cfg.drain)
 	stopConsumers()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		fail(err)
 	}
 
 	res.counts = l.counts()
-	res.ExactlyOnce = res.Sent > 0 && res.Received == res.Sent && res.Receipted == res.Sent &&
-		res.Duplicates == 0 && res.Lost == 0 && res.InDoubt == 0
+	res.ExactlyOnce = res.counts.exactlyOnce()
 	buckets := tl.snapshot()
 	res.ElapsedSecs = (time.Duration(len(buckets)) * tl.width).Seconds()
 	rate, from, to := steadyRate(buckets, tl.width, 0.05, 0.95)

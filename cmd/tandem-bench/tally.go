@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"math"
 	"slices"
 	"sync/atomic"
@@ -225,4 +226,30 @@ func summarize(ds []time.Duration) latencySummary {
 	s.Max = ms(ds[len(ds)-1])
 	s.Mean = ms(sum / time.Duration(len(ds)))
 	return s
+}
+
+// waitDelivered waits until every SEND was delivered, for at most drain
+// (or until ctx ends).
+func (l *ledger) waitDelivered(ctx context.Context, drain time.Duration) {
+	drainTimer := time.NewTimer(drain)
+	defer drainTimer.Stop()
+	poll := time.NewTicker(5 * time.Millisecond)
+	defer poll.Stop()
+	sent := l.totalSent()
+	for l.unique.Load() < sent {
+		select {
+		case <-poll.C:
+		case <-drainTimer.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// exactlyOnce reports whether every message sent was receipted and
+// delivered exactly once.
+func (c counts) exactlyOnce() bool {
+	return c.Sent > 0 && c.Received == c.Sent && c.Receipted == c.Sent &&
+		c.Duplicates == 0 && c.Lost == 0 && c.InDoubt == 0
 }
