@@ -24,6 +24,10 @@ const MaxQueueNameLength = 1024
 //	Broker.mu -> Queue.mu -> Broker.refMu
 //	Queue.mu  -> Broker.randMu
 //	Broker.idMu (alone; it is held across the synced write of a new lease)
+//
+// Broker.mu also guards the topic trie's routes and every TopicSub's
+// filters; routing reads them under its read lock and takes no other lock
+// while holding it.
 type Broker struct {
 	store Store
 	cfg   Config
@@ -44,24 +48,10 @@ type Broker struct {
 
 	randMu sync.Mutex
 
+	subIDs atomic.Uint64 // last TopicSub id handed out
+
 	ops      sync.WaitGroup // operations under way, waited for by Close
 	storeErr atomic.Pointer[error]
-}
-
-// route is one entry of the topic trie: a topic subscriber or a binding.
-type route struct {
-	sub   *TopicSub
-	queue *Queue
-}
-
-// TopicSub is a non-durable topic subscription: every matching message
-// published while it exists is handed to its sink, in memory only.
-type TopicSub struct {
-	b      *Broker
-	filter string
-	sink   Sink
-	r      *route
-	once   sync.Once
 }
 
 // queueMeta is what the store keeps of a queue's definition.
@@ -472,31 +462,6 @@ func (b *Broker) DurableSubscription(queue, filter string, opts QueueOptions) er
 		}
 	}
 	return b.Bind(filter, queue)
-}
-
-// Subscribe adds a non-durable topic subscription.
-func (b *Broker) Subscribe(filter string, sink Sink) (*TopicSub, error) {
-	if err := ValidateFilter(filter); err != nil {
-		return nil, err
-	}
-	s := &TopicSub{b: b, filter: filter, sink: sink}
-	s.r = &route{sub: s}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return nil, ErrClosed
-	}
-	b.routes.add(filter, s.r)
-	return s, nil
-}
-
-// Close ends the subscription.
-func (s *TopicSub) Close() {
-	s.once.Do(func() {
-		s.b.mu.Lock()
-		s.b.routes.remove(s.filter, s.r)
-		s.b.mu.Unlock()
-	})
 }
 
 // Consume attaches a consumer to queue, declaring the queue if needed.

@@ -17,4 +17,6 @@ var (
 	ErrConsumerClosed = errors.New("engine: consumer closed")
 	ErrInvalidPolicy  = errors.New("engine: invalid policy")
 	ErrCorrupt        = errors.New("engine: corrupt stored data")
+	ErrInvalidKV      = errors.New("engine: invalid key-value operation")
+	ErrSubClosed      = errors.New("engine: topic subscription closed")
 )

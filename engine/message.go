@@ -41,6 +41,11 @@ type Message struct {
 	// NotBefore is the earliest delivery time in Unix nanoseconds, or 0 to
 	// deliver at once (delayed delivery).
 	NotBefore int64
+	// Origin identifies the connection or client that published the
+	// message ("" if unknown). Adapters set it; the engine stores it with
+	// the message and never routes on it. MQTT uses it for No Local
+	// [MQTT-3.8.3-3].
+	Origin string
 }
 
 // Prop returns the value of the first property named key.
@@ -54,7 +59,7 @@ func (m *Message) Prop(key string) (string, bool) {
 }
 
 // Size is the number of bytes the message counts for against max_bytes:
-// its body plus its property keys and values.
+// its body plus its property keys and values (not its topic or Origin).
 func (m *Message) Size() int64 {
 	n := int64(len(m.Body))
 	for _, p := range m.Props {

@@ -145,3 +145,21 @@ func FuzzTrieMatch(f *testing.F) {
 		checkTrieAgainstReference(t, filters, []string{topic})
 	})
 }
+
+func TestSubSet(t *testing.T) {
+	var s subSet
+	for _, n := range []int{1, 7, 8, 1000, 3} {
+		subs := make([]*TopicSub, n)
+		for i := range subs {
+			subs[i] = &TopicSub{id: uint64(i * 16)} // ids that share low bits
+		}
+		s.reset(n)
+		for round := range 2 {
+			for i, ts := range subs {
+				if got := s.add(ts); got != (round == 0) {
+					t.Fatalf("n=%d round %d: add(sub %d) = %v", n, round, i, got)
+				}
+			}
+		}
+	}
+}

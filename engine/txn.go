@@ -5,19 +5,34 @@ import (
 	"sync"
 )
 
-// Txn is a set of publishes and acks that apply atomically on Commit (one
-// store batch) or not at all. It is not safe for concurrent use.
+// Txn is a set of publishes, acks and adapter key-value writes that apply
+// atomically on Commit (one store batch) or not at all. It is not safe for
+// concurrent use.
+//
+// A transaction from Begin is all or nothing: one refused publish fails the
+// commit. A batch from BeginBatch makes its publishes independent: a
+// refused one is left out (PublishErr says why) and the rest, the acks and
+// the key-value writes still commit together.
 type Txn struct {
 	b    *Broker
 	pubs []*Message
 	acks []txnAck
+	kv   []KVOp
 	// Sync makes Commit wait for stable storage even when nothing in the
-	// transaction would require it (acks only, QoS 0 messages).
+	// transaction would require it. Commit syncs anyway when it acks a
+	// message of a durable queue or puts a QoS > 0 message into one; the
+	// key-value writes are synced only then or with Sync, so a commit of
+	// key-value writes alone syncs exactly when Sync is set.
 	Sync bool
 	done bool
-	// errs, when set, makes the publishes independent: each one's refusal
-	// is recorded here instead of failing the whole commit (PublishAll).
-	errs []error
+	// batch makes the publishes independent (BeginBatch): errs[i] is the
+	// refusal of pubs[i], and refused publishes are left out.
+	batch bool
+	errs  []error
+	// kvErr is the first invalid key-value write; Commit fails with it.
+	kvErr error
+	// err is what Commit returned (ErrTxnDone after Abort).
+	err error
 }
 
 type txnAck struct {
@@ -30,20 +45,31 @@ type txnAck struct {
 func (b *Broker) Begin() *Txn { return &Txn{b: b} }
 
 // Publish adds a publish to the transaction. The engine sets m.ID and
-// m.PublishedAt on commit; m must not be changed afterwards.
+// m.PublishedAt on commit; m must not be changed afterwards. An invalid
+// destination is refused at once; in a batch the call still counts for
+// PublishErr.
 func (tx *Txn) Publish(m *Message) error {
 	if tx.done {
 		return ErrTxnDone
 	}
-	if m.ToQueue {
-		if err := ValidateQueueName(m.Topic); err != nil {
-			return err
-		}
-	} else if err := ValidateTopic(m.Topic); err != nil {
+	err := validateDestination(m)
+	if tx.batch {
+		tx.pubs = append(tx.pubs, m)
+		tx.errs = append(tx.errs, err)
+		return err
+	}
+	if err != nil {
 		return err
 	}
 	tx.pubs = append(tx.pubs, m)
 	return nil
+}
+
+func validateDestination(m *Message) error {
+	if m.ToQueue {
+		return ValidateQueueName(m.Topic)
+	}
+	return ValidateTopic(m.Topic)
 }
 
 // Ack adds the acknowledgement of a delivery of c to the transaction.
@@ -57,8 +83,11 @@ func (tx *Txn) Ack(c *Consumer, tag uint64) error {
 
 // Abort discards the transaction.
 func (tx *Txn) Abort() {
+	if !tx.done {
+		tx.err = ErrTxnDone
+	}
 	tx.done = true
-	tx.pubs, tx.acks = nil, nil
+	tx.pubs, tx.acks, tx.kv = nil, nil, nil
 }
 
 // Publish publishes one message: to every subscriber and bound queue of a
@@ -74,44 +103,6 @@ func (b *Broker) Publish(m *Message) error {
 	return tx.Commit()
 }
 
-// PublishAll publishes messages independently but with one store write:
-// errs[i] (len(errs) == len(ms)) says why ms[i] was refused (nil: it was
-// published), and the returned error is a store failure, in which case none
-// was published. Adapters use it to commit a connection's pipelined
-// publishes together; the messages of one call keep their order.
-func (b *Broker) PublishAll(ms []*Message, errs []error) error {
-	tx := Txn{b: b, errs: errs}
-	for i, m := range ms {
-		errs[i] = nil
-		if m.ToQueue {
-			errs[i] = ValidateQueueName(m.Topic)
-		} else {
-			errs[i] = ValidateTopic(m.Topic)
-		}
-	}
-	for i, m := range ms {
-		if errs[i] == nil {
-			tx.pubs = append(tx.pubs, m)
-		}
-	}
-	if len(tx.pubs) == 0 {
-		return nil
-	}
-	// Errors of the committed subset land in a second slice and are then
-	// spread back to their messages' places.
-	sub := make([]error, len(tx.pubs))
-	tx.errs = sub
-	err := tx.Commit()
-	j := 0
-	for i := range ms {
-		if errs[i] == nil {
-			errs[i] = sub[j]
-			j++
-		}
-	}
-	return err
-}
-
 // placement is an entry reserved in a queue by a commit.
 type placement struct {
 	q *Queue
@@ -124,9 +115,11 @@ type scratch struct {
 	queues []*Queue
 	places []placement
 	subs   []subDelivery
+	seen   subSet // deduplicates subscriptions with several filters
 	batch  Batch
 }
 
+// subDelivery is a message for a topic subscriber.
 type subDelivery struct {
 	s *TopicSub
 	m *Message
@@ -134,12 +127,21 @@ type subDelivery struct {
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
-// Commit applies the transaction.
+// Commit applies the transaction. An invalid key-value write (PutKV,
+// DeleteKV) fails it with ErrInvalidKV before anything is applied.
 func (tx *Txn) Commit() error {
 	if tx.done {
 		return ErrTxnDone
 	}
 	tx.done = true
+	tx.err = tx.commit()
+	return tx.err
+}
+
+func (tx *Txn) commit() error {
+	if tx.kvErr != nil {
+		return tx.kvErr
+	}
 	b := tx.b
 	if !b.enter() {
 		return ErrClosed
@@ -151,6 +153,10 @@ func (tx *Txn) Commit() error {
 		clear(sc.queues)
 		clear(sc.places)
 		clear(sc.subs)
+		if len(sc.seen.slots) > 0 {
+			clear(sc.seen.slots)
+			sc.seen.slots = sc.seen.slots[:0]
+		}
 		sc.routes, sc.queues, sc.places, sc.subs = sc.routes[:0], sc.queues[:0], sc.places[:0], sc.subs[:0]
 		sc.batch.Reset()
 		scratchPool.Put(sc)
@@ -223,7 +229,16 @@ func (tx *Txn) releaseAcks(n int) {
 func (tx *Txn) reserve(sc *scratch, effs *[]queueEffects) (err error) {
 	b := tx.b
 	now := b.clock.Now().UnixNano()
-	first, err := b.allocIDs(len(tx.pubs))
+	n := len(tx.pubs)
+	if tx.batch {
+		n = 0
+		for _, err := range tx.errs {
+			if err == nil {
+				n++
+			}
+		}
+	}
+	first, err := b.allocIDs(n)
 	if err != nil {
 		tx.releaseAcks(len(tx.acks))
 		return err
@@ -239,11 +254,16 @@ func (tx *Txn) reserve(sc *scratch, effs *[]queueEffects) (err error) {
 			tx.releaseAcks(len(tx.acks))
 		}
 	}()
+	id := first
 	for i, m := range tx.pubs {
-		m.ID = first + uint64(i)
+		if tx.batch && tx.errs[i] != nil {
+			continue
+		}
+		m.ID = id
+		id++
 		m.PublishedAt = now
 		if err := tx.reserveOne(sc, m, now, effs); err != nil {
-			if tx.errs == nil {
+			if !tx.batch {
 				return err
 			}
 			tx.errs[i] = err
@@ -321,7 +341,8 @@ func (tx *Txn) reserveOne(sc *scratch, m *Message, now int64, effs *[]queueEffec
 }
 
 // route finds the queues a message goes to and records its topic
-// subscribers in sc.subs.
+// subscribers in sc.subs. A queue bound by several matching filters, like a
+// subscription with several matching filters, gets the message once.
 func (tx *Txn) route(sc *scratch, m *Message) ([]*Queue, error) {
 	b := tx.b
 	sc.queues = sc.queues[:0]
@@ -334,11 +355,23 @@ func (tx *Txn) route(sc *scratch, m *Message) ([]*Queue, error) {
 		return sc.queues, nil
 	}
 	b.mu.RLock()
+	defer b.mu.RUnlock()
 	sc.routes = b.routes.match(m.Topic, sc.routes[:0])
-	b.mu.RUnlock()
+	seen := false
 next:
 	for _, r := range sc.routes {
 		if r.sub != nil {
+			// A subscription with several filters is matched once per
+			// matching filter. route.multi is guarded by b.mu, held here.
+			if r.multi {
+				if !seen {
+					sc.seen.reset(len(sc.routes))
+					seen = true
+				}
+				if !sc.seen.add(r.sub) {
+					continue
+				}
+			}
 			sc.subs = append(sc.subs, subDelivery{r.sub, m})
 			continue
 		}
@@ -350,6 +383,43 @@ next:
 		sc.queues = append(sc.queues, r.queue)
 	}
 	return sc.queues, nil
+}
+
+// subSet is a set of subscriptions for one message's routing: open
+// addressing on TopicSub.id, reused across commits so that routing does
+// not allocate.
+type subSet struct {
+	slots []*TopicSub
+	shift uint
+}
+
+// reset empties the set and sizes it for up to n members.
+func (s *subSet) reset(n int) {
+	size, shift := 16, uint(64-4)
+	for size < 2*n {
+		size, shift = size*2, shift-1
+	}
+	if cap(s.slots) < size {
+		s.slots = make([]*TopicSub, size)
+	} else {
+		s.slots = s.slots[:size]
+		clear(s.slots)
+	}
+	s.shift = shift
+}
+
+// add adds t and reports whether it was not there yet.
+func (s *subSet) add(t *TopicSub) bool {
+	mask := uint64(len(s.slots) - 1)
+	for i := (t.id * 0x9e3779b97f4a7c15) >> s.shift; ; i = (i + 1) & mask {
+		switch s.slots[i] {
+		case nil:
+			s.slots[i] = t
+			return true
+		case t:
+			return false
+		}
+	}
 }
 
 // reserveLocked admits e into q under its limits, making room by the
@@ -417,6 +487,9 @@ func (tx *Txn) apply(sc *scratch) error {
 		}
 		q.mu.Unlock()
 		tx.Sync = true
+	}
+	for _, op := range tx.kv {
+		sc.batch.addKV(op)
 	}
 	if sc.batch.Len() > 0 {
 		if err := b.store.Apply(&sc.batch, tx.Sync); err != nil {

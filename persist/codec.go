@@ -6,16 +6,20 @@ package persist
 // Integers are varints (zig-zag for signed ones), strings and byte slices are
 // a uvarint length followed by the bytes.
 //
-//	message: 0x01, flags (bit 0 ToQueue, bit 1 Retain), QoS, uvarint ID,
-//	         varint PublishedAt, varint ExpiresAt, varint NotBefore,
-//	         string Topic, uvarint len(Props), {string Key, string Value}...,
-//	         bytes Body
+//	message: 0x01, flags (bit 0 ToQueue, bit 1 Retain, bit 2 Origin), QoS,
+//	         uvarint ID, varint PublishedAt, varint ExpiresAt,
+//	         varint NotBefore, string Topic, [string Origin if bit 2],
+//	         uvarint len(Props), {string Key, string Value}..., bytes Body
 //	entry:   0x01, flags (bit 0 Shared), uvarint Seq, uvarint MsgID,
 //	         uvarint Deliveries, varint ExpiresAt, then, unless Shared, the
 //	         message encoding
 //	queue:   0x01, meta bytes (the rest of the value)
 //
 // The entry's Key is not stored in the value: it is the record's key.
+//
+// Flag bit 2 was added after the first release: an empty Origin is not
+// written and leaves the bit clear, so a message without one encodes as it
+// always did and values written before still decode.
 //
 // Decoding checks every length against the bytes left and rejects trailing
 // bytes, so truncated or garbage input gives an error wrapping
@@ -33,7 +37,8 @@ const valueVersion byte = 1
 const (
 	msgFlagToQueue = 1 << 0
 	msgFlagRetain  = 1 << 1
-	msgFlagsKnown  = msgFlagToQueue | msgFlagRetain
+	msgFlagOrigin  = 1 << 2
+	msgFlagsKnown  = msgFlagToQueue | msgFlagRetain | msgFlagOrigin
 
 	entryFlagShared = 1 << 0
 	entryFlagsKnown = entryFlagShared
@@ -48,12 +53,18 @@ func appendMessage(dst []byte, m *engine.Message) []byte {
 	if m.Retain {
 		flags |= msgFlagRetain
 	}
+	if m.Origin != "" {
+		flags |= msgFlagOrigin
+	}
 	dst = append(dst, valueVersion, flags, m.QoS)
 	dst = binary.AppendUvarint(dst, m.ID)
 	dst = binary.AppendVarint(dst, m.PublishedAt)
 	dst = binary.AppendVarint(dst, m.ExpiresAt)
 	dst = binary.AppendVarint(dst, m.NotBefore)
 	dst = appendLenString(dst, m.Topic)
+	if m.Origin != "" {
+		dst = appendLenString(dst, m.Origin)
+	}
 	dst = binary.AppendUvarint(dst, uint64(len(m.Props)))
 	for _, p := range m.Props {
 		dst = appendLenString(dst, p.Key)
@@ -172,6 +183,13 @@ func (d *decoder) message(m *engine.Message) {
 	m.ExpiresAt = d.varint("expires at")
 	m.NotBefore = d.varint("not before")
 	m.Topic = string(d.bytes("topic"))
+	if flags&msgFlagOrigin != 0 {
+		// An empty origin is never written: re-encoding must give the
+		// same bytes.
+		if m.Origin = string(d.bytes("origin")); d.err == nil && m.Origin == "" {
+			d.fail("empty origin")
+		}
+	}
 	n := d.uvarint("property count")
 	if d.err != nil {
 		return

@@ -16,11 +16,12 @@ func sampleMessage() *engine.Message {
 		Props: []engine.Property{{Key: "k", Value: "1"}, {Key: "k", Value: ""}, {Key: "", Value: "x"}},
 		Body:  []byte("x\x00y"),
 		QoS:   2, Retain: true, PublishedAt: -7, ExpiresAt: math.MaxInt64, NotBefore: math.MinInt64,
+		Origin: "mqtt:dev\x00ice",
 	}
 }
 
 func TestMessageRoundTrip(t *testing.T) {
-	for _, m := range []*engine.Message{sampleMessage(), {}, {Body: []byte{}}, {Props: []engine.Property{{}}}} {
+	for _, m := range []*engine.Message{sampleMessage(), {}, {Body: []byte{}}, {Props: []engine.Property{{}}}, {Origin: "o"}} {
 		enc := appendMessage(nil, m)
 		got, err := decodeMessage(enc)
 		if err != nil {
@@ -45,6 +46,41 @@ func TestMessageRoundTrip(t *testing.T) {
 		if _, err := decodeMessage(append(enc, 0)); !errors.Is(err, engine.ErrCorrupt) {
 			t.Fatalf("trailing byte accepted: %v", err)
 		}
+	}
+}
+
+// TestMessageEncodingTable pins the bytes of the message encoding. The
+// first case is how every message was written before Origin existed: it
+// must still decode, and a message without an origin still encodes to it.
+func TestMessageEncodingTable(t *testing.T) {
+	cases := []struct {
+		name string
+		raw  []byte
+		m    engine.Message
+	}{
+		{"no origin (format as first released)",
+			[]byte{1, 0x03, 1, 5, 4, 0, 0, 1, 't', 1, 1, 'k', 1, 'v', 2, 'h', 'i'},
+			engine.Message{ID: 5, PublishedAt: 2, Topic: "t", ToQueue: true, Retain: true, QoS: 1,
+				Props: []engine.Property{{Key: "k", Value: "v"}}, Body: []byte("hi")}},
+		{"origin",
+			[]byte{1, 0x04, 0, 5, 0, 0, 0, 1, 't', 3, 'c', ':', '1', 0, 0},
+			engine.Message{ID: 5, Topic: "t", Origin: "c:1"}},
+	}
+	for _, c := range cases {
+		got, err := decodeMessage(c.raw)
+		if err != nil {
+			t.Fatalf("%s: decode: %v", c.name, err)
+		}
+		if !reflect.DeepEqual(got, &c.m) {
+			t.Fatalf("%s: decoded\n%+v\nwant\n%+v", c.name, got, &c.m)
+		}
+		if enc := appendMessage(nil, &c.m); !bytes.Equal(enc, c.raw) {
+			t.Fatalf("%s: encoded %x, want %x", c.name, enc, c.raw)
+		}
+	}
+	// The origin flag with an empty origin is never written.
+	if _, err := decodeMessage([]byte{1, 0x04, 0, 5, 0, 0, 0, 1, 't', 0, 0, 0}); !errors.Is(err, engine.ErrCorrupt) {
+		t.Fatalf("empty origin accepted: %v", err)
 	}
 }
 
@@ -120,7 +156,9 @@ func TestCountsMerger(t *testing.T) {
 func FuzzDecodeMessage(f *testing.F) {
 	f.Add(appendMessage(nil, sampleMessage()))
 	f.Add(appendMessage(nil, &engine.Message{}))
+	f.Add(appendMessage(nil, &engine.Message{Origin: "stomp:7", Topic: "t"}))
 	f.Add([]byte{1, 3, 2})
+	f.Add([]byte{1, 4, 0, 0, 0, 0, 0, 0, 1, 'o', 0, 0})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := decodeMessage(b)
@@ -148,6 +186,7 @@ func FuzzDecodeMessage(f *testing.F) {
 func FuzzDecodeEntry(f *testing.F) {
 	f.Add(appendEntry(nil, &engine.Entry{Seq: 1, MsgID: 2, Deliveries: 3, ExpiresAt: 4, Msg: sampleMessage()}))
 	f.Add(appendEntry(nil, &engine.Entry{Seq: 1, Shared: true}))
+	f.Add(appendEntry(nil, &engine.Entry{Seq: 1, MsgID: 1, Msg: &engine.Message{Origin: "mqtt:c"}}))
 	f.Add([]byte{1, 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := decodeEntry(b)

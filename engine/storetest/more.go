@@ -32,6 +32,7 @@ func fullMessage(id uint64) *engine.Message {
 		PublishedAt: -1,
 		ExpiresAt:   math.MaxInt64,
 		NotBefore:   math.MinInt64,
+		Origin:      "mqtt:client\x00/ü",
 	}
 }
 
@@ -41,6 +42,8 @@ func testMessageRoundTrip(t *testing.T, s engine.Store) {
 		{ID: 2},                 // every field zero, nil body
 		{ID: 3, Body: []byte{}}, // empty body
 		{ID: 4, Props: []engine.Property{}, Body: bytes.Repeat([]byte{0}, 70000)},
+		{ID: 5, Origin: "o"}, // origin alone
+		{ID: 6, Origin: string(bytes.Repeat([]byte{'x'}, 300)), Topic: "t"}, // origin longer than a one-byte length
 	}
 	apply(t, s, true, func(b *engine.Batch) {
 		for i, m := range msgs {

@@ -156,7 +156,7 @@ func sameMessage(a, b *engine.Message) bool {
 	}
 	return a.ID == b.ID && a.Topic == b.Topic && a.ToQueue == b.ToQueue && a.QoS == b.QoS &&
 		a.Retain == b.Retain && a.PublishedAt == b.PublishedAt && a.ExpiresAt == b.ExpiresAt &&
-		a.NotBefore == b.NotBefore
+		a.NotBefore == b.NotBefore && a.Origin == b.Origin
 }
 
 // sameEntry compares entries field by field, messages with sameMessage.
