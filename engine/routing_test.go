@@ -3,6 +3,7 @@ package engine_test
 import (
 	"errors"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -422,4 +423,58 @@ func TestPublishAllIndependent(t *testing.T) {
 	expectBodies(t, "small", rs.take(), "1")
 	_, ro := h.consume("other", engine.ConsumeOptions{})
 	expectBodies(t, "other", ro.take(), "3", "5")
+}
+
+// gateStore holds the first batch that puts an entry into queue until
+// release is closed.
+type gateStore struct {
+	engine.Store
+	queue   string
+	held    chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (s *gateStore) Apply(b *engine.Batch, sync bool) error {
+	for _, op := range b.Ops {
+		if op.Kind == engine.OpPutEntry && op.Queue == s.queue {
+			s.once.Do(func() {
+				close(s.held)
+				<-s.release
+			})
+			break
+		}
+	}
+	return s.Store.Apply(b, sync)
+}
+
+func TestDeleteQueueDuringPublishLeavesNoOrphans(t *testing.T) {
+	gs := &gateStore{Store: memstore.New(), queue: "q", held: make(chan struct{}), release: make(chan struct{})}
+	b, err := engine.Open(gs, engine.Config{Clock: engine.NewFakeClock(epoch)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.DeclareQueue("q", engine.QueueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	published := make(chan error, 1)
+	go func() {
+		published <- b.Publish(&engine.Message{Topic: "q", ToQueue: true, Body: []byte("late"), QoS: 1})
+	}()
+	<-gs.held // the publish is reserved, its batch not yet applied
+	if err := b.DeleteQueue("q"); err != nil {
+		t.Fatal(err)
+	}
+	close(gs.release)
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	if err := gs.Scan("q", engine.Ready, engine.Key{}, 0, func(engine.Entry) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatalf("%d entries of the deleted queue left in the store", n)
+	}
 }

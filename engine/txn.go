@@ -507,8 +507,21 @@ func (tx *Txn) apply(sc *scratch) error {
 		var fx effects
 		q.mu.Lock()
 		for ; i < len(sc.places) && sc.places[i].q == q; i++ {
+			e := sc.places[i].e
+			if q.deleted {
+				// The queue was deleted while this commit was under way and
+				// the delete may have been applied first: remove the entry
+				// rather than leave it orphaned on disk.
+				if q.durable {
+					fx.batch.DeleteEntry(q.name, e.idx, e.Key)
+					if e.Shared {
+						b.releaseRef(e.MsgID, &fx.batch)
+					}
+				}
+				continue
+			}
 			q.stats.Published++
-			q.placeLocked([]*qentry{sc.places[i].e})
+			q.placeLocked([]*qentry{e})
 		}
 		q.dispatchLocked(&fx)
 		if err := q.unlockAndRun(&fx); err != nil {
