@@ -1,0 +1,181 @@
+package mqtt
+
+import (
+	"bytes"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// hook is the single mochi hook through which Tandem takes over every
+// message-state decision (see the package comment).
+type hook struct {
+	mochi.HookBase
+	s *Server
+}
+
+func (h *hook) ID() string { return "tandem" }
+
+func (h *hook) Provides(b byte) bool {
+	switch b {
+	case mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnConnect,
+		mochi.OnSessionEstablished, mochi.OnDisconnect, mochi.OnPacketRead,
+		mochi.OnPacketEncode, mochi.OnPublish, mochi.OnWill:
+		return true
+	}
+	return false
+}
+
+// OnConnectAuthenticate accepts every client: authentication is not
+// implemented yet (without a hook providing it mochi refuses everyone).
+func (h *hook) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
+
+// OnACLCheck allows everything; mochi consults it only for publishes,
+// before OnPublish.
+func (h *hook) OnACLCheck(*mochi.Client, string, bool) bool { return true }
+
+// OnConnect applies the keepalive bounds and makes every session clean
+// (persistent sessions are not implemented yet).
+func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
+	cfg := &h.s.cfg
+	lo, hi := uint16(cfg.KeepaliveMin/time.Second), uint16(cfg.KeepaliveMax/time.Second)
+	ka := cl.State.Keepalive
+	switch {
+	case ka == 0 || ka > hi:
+		ka = hi
+	case ka < lo:
+		ka = lo
+	}
+	if ka != cl.State.Keepalive {
+		cl.State.Keepalive = ka
+		// MQTT 5 clients are told (Server Keep Alive [MQTT-3.1.2-21]);
+		// MQTT 3.1.1 has no way to tell them.
+		cl.State.ServerKeepalive = cl.Properties.ProtocolVersion == 5
+	}
+	// mochi then forgets the client when it disconnects; for MQTT 5, the
+	// session expiry cap of 0 (NewServer) does the same.
+	cl.Properties.Clean = true
+	return nil
+}
+
+// OnSessionEstablished runs after the CONNACK was written: it starts the
+// connection's pipeline and writer. Packets after CONNECT are read only
+// after it returns.
+func (h *hook) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
+	c := newConn(h.s, cl)
+	if !h.s.attach(c) {
+		cl.Stop(ErrServerClosed)
+		return
+	}
+	c.start()
+}
+
+// OnDisconnect runs in the connection's read goroutine once its read loop
+// ended.
+func (h *hook) OnDisconnect(cl *mochi.Client, _ error, _ bool) {
+	if c := h.s.conn(cl); c != nil {
+		c.teardown()
+	}
+}
+
+// OnWill drops the will: wills are not implemented yet.
+func (h *hook) OnWill(cl *mochi.Client, w mochi.Will) (mochi.Will, error) {
+	if w.TopicName != "" {
+		h.s.log.Debug().Str("client", cl.ID).Msg("will not published: wills are not implemented yet")
+	}
+	return mochi.Will{}, nil
+}
+
+// OnPacketRead sees every packet after CONNECT before mochi validates it.
+// Returning packets.ErrRejectPacket ends the connection (mochi ignores any
+// other error from this hook).
+func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	c := h.s.conn(cl)
+	if c == nil {
+		return pk, nil
+	}
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		return c.checkPublish(pk)
+	case packets.Subscribe:
+		if pk.SubscribeValidate() != packets.CodeSuccess {
+			return pk, nil // mochi refuses it (DISCONNECT for MQTT 5)
+		}
+		c.subscribe(pk)
+		return handled(pk), nil
+	case packets.Unsubscribe:
+		if pk.UnsubscribeValidate() != packets.CodeSuccess {
+			return pk, nil
+		}
+		c.unsubscribe(pk)
+		return handled(pk), nil
+	case packets.Puback:
+		c.clientPuback(pk)
+	case packets.Disconnect:
+		// Publishes before DISCONNECT are committed before the connection
+		// goes (teardown waits for them too; this keeps their order with
+		// mochi's DISCONNECT handling).
+		c.pipe.barrier()
+	}
+	return pk, nil
+}
+
+// handled turns a packet Tandem has dealt with into a PUBACK for an id
+// that mochi's (always empty) inflight map does not hold, which mochi
+// ignores (server.go processPuback).
+func handled(pk packets.Packet) packets.Packet {
+	return packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Puback},
+		PacketID:        pk.PacketID,
+		ProtocolVersion: pk.ProtocolVersion,
+	}
+}
+
+// OnPublish hands the publish to the connection's pipeline and tells mochi
+// to do nothing more with it: no ack, no retain, no fan-out.
+func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	if c := h.s.conn(cl); c != nil {
+		c.publish(pk)
+	}
+	return pk, packets.ErrRejectPacket
+}
+
+// OnPacketEncode fixes mochi's CONNACK: session present is always 0 (no
+// persistent sessions yet), and MQTT 5 clients are told the limits mochi
+// does not advertise.
+func (h *hook) OnPacketEncode(cl *mochi.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Connack || pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
+		return pk
+	}
+	pk.SessionPresent = false
+	if cl.Properties.ProtocolVersion == 5 {
+		p := &pk.Properties
+		p.MaximumPacketSize = uint32(h.s.cfg.MaxPacketSize)
+		p.TopicAliasMaximum = uint16(h.s.cfg.TopicAliasMax)
+		p.RetainAvailable, p.RetainAvailableFlag = 0, true
+		p.SharedSubAvailable, p.SharedSubAvailableFlag = 0, true
+		if !p.SessionExpiryIntervalFlag && cl.Properties.Props.SessionExpiryInterval > 0 {
+			p.SessionExpiryInterval, p.SessionExpiryIntervalFlag = 0, true
+		}
+	}
+	return pk
+}
+
+// encode encodes a packet Tandem writes itself.
+func encode(pk packets.Packet) []byte {
+	var buf bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Puback:
+		err = pk.PubackEncode(&buf)
+	case packets.Suback:
+		err = pk.SubackEncode(&buf)
+	case packets.Unsuback:
+		err = pk.UnsubackEncode(&buf)
+	}
+	if err != nil {
+		return nil
+	}
+	return buf.Bytes()
+}
