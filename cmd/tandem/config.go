@@ -13,6 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/tandem-mq/tandem/engine"
+	"github.com/tandem-mq/tandem/mqtt"
 	"github.com/tandem-mq/tandem/persist"
 	"github.com/tandem-mq/tandem/stomp"
 	"go.yaml.in/yaml/v3"
@@ -41,6 +42,33 @@ type Config struct {
 	Storage   StorageConfig   `yaml:"storage"`
 	Queues    QueuesConfig    `yaml:"queues"`
 	STOMP     STOMPConfig     `yaml:"stomp"`
+	MQTT      MQTTConfig      `yaml:"mqtt"`
+}
+
+// MQTTConfig tunes the MQTT adapter. Every limit is finite.
+type MQTTConfig struct {
+	// MaxPacketSize bounds one packet (checked before it is read).
+	MaxPacketSize ByteSize `yaml:"max_packet_size"`
+	// ReceiveMaximum is how many QoS 1 publishes a connection may have
+	// unacknowledged.
+	ReceiveMaximum int `yaml:"receive_maximum"`
+	// MaxInflight caps the unacked QoS 1 deliveries of one connection.
+	MaxInflight int `yaml:"max_inflight"`
+	// KeepaliveMin and KeepaliveMax bound the client's keepalive.
+	KeepaliveMin time.Duration `yaml:"keepalive_min"`
+	KeepaliveMax time.Duration `yaml:"keepalive_max"`
+	// TopicAliasMax is the highest topic alias an MQTT 5 client may use.
+	TopicAliasMax int `yaml:"topic_alias_max"`
+	// MaxSubscriptions bounds one connection's filters.
+	MaxSubscriptions int `yaml:"max_subscriptions"`
+	// TopicBuffer bounds one connection's waiting QoS 0 messages.
+	TopicBuffer int `yaml:"topic_buffer"`
+	// SessionQueueMaxLength and SessionQueueMaxBytes bound a connection's
+	// in-memory QoS 1 backlog (oldest dropped past them).
+	SessionQueueMaxLength int64    `yaml:"session_queue_max_length"`
+	SessionQueueMaxBytes  ByteSize `yaml:"session_queue_max_bytes"`
+	// ConnectTimeout bounds accept-to-CONNECT.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 }
 
 // STOMPConfig tunes the STOMP adapter. Every limit is finite.
@@ -67,8 +95,7 @@ type STOMPConfig struct {
 // ListenersConfig holds the "host:port" addresses the broker listens on.
 // Port 0 picks a free port; the bound address is logged.
 type ListenersConfig struct {
-	// MQTT and WebSocket are not served yet: their adapters arrive with
-	// their own issues.
+	// WebSocket is not served yet: its adapter arrives with its own issue.
 	MQTT      string `yaml:"mqtt"`
 	STOMP     string `yaml:"stomp"`
 	WebSocket string `yaml:"websocket"`
@@ -187,6 +214,18 @@ func (c *Config) EnsureDefaults() {
 	setDefault(&c.STOMP.DefaultPrefetch, sd.DefaultPrefetch)
 	setDefault(&c.STOMP.MaxPrefetch, sd.MaxPrefetch)
 	setDefault(&c.STOMP.TopicBuffer, sd.TopicBuffer)
+	md := mqtt.DefaultConfig()
+	setDefault(&c.MQTT.MaxPacketSize, ByteSize(md.MaxPacketSize))
+	setDefault(&c.MQTT.ReceiveMaximum, md.ReceiveMaximum)
+	setDefault(&c.MQTT.MaxInflight, md.MaxInflight)
+	setDefault(&c.MQTT.KeepaliveMin, md.KeepaliveMin)
+	setDefault(&c.MQTT.KeepaliveMax, md.KeepaliveMax)
+	setDefault(&c.MQTT.TopicAliasMax, md.TopicAliasMax)
+	setDefault(&c.MQTT.MaxSubscriptions, md.MaxSubscriptions)
+	setDefault(&c.MQTT.TopicBuffer, md.TopicBuffer)
+	setDefault(&c.MQTT.SessionQueueMaxLength, md.SessionQueueMaxLength)
+	setDefault(&c.MQTT.SessionQueueMaxBytes, ByteSize(md.SessionQueueMaxBytes))
+	setDefault(&c.MQTT.ConnectTimeout, md.ConnectTimeout)
 	setDefault(&c.Queues.WindowSize, defaultWindowSize)
 	setDefault(&c.Queues.WindowBytes, defaultWindowBytes)
 	c.Queues.Default = policyConfigOf(engine.DefaultPolicy().Merge(c.Queues.Default.policy()))
@@ -224,7 +263,31 @@ func (c *Config) Validate() error {
 	if err := c.Queues.validate(); err != nil {
 		return err
 	}
-	return c.STOMP.validate()
+	if err := c.STOMP.validate(); err != nil {
+		return err
+	}
+	return c.MQTT.validate()
+}
+
+func (m MQTTConfig) validate() error {
+	sc := m.serverConfig()
+	if err := sc.Validate(); err != nil {
+		return err // "mqtt: ..." names the setting
+	}
+	return nil
+}
+
+// serverConfig maps the section onto mqtt.Config.
+func (m MQTTConfig) serverConfig() mqtt.Config {
+	c := mqtt.DefaultConfig()
+	c.MaxPacketSize = int(min(m.MaxPacketSize, 1<<40))
+	c.ReceiveMaximum, c.MaxInflight = m.ReceiveMaximum, m.MaxInflight
+	c.KeepaliveMin, c.KeepaliveMax = m.KeepaliveMin, m.KeepaliveMax
+	c.TopicAliasMax = m.TopicAliasMax
+	c.MaxSubscriptions, c.TopicBuffer = m.MaxSubscriptions, m.TopicBuffer
+	c.SessionQueueMaxLength, c.SessionQueueMaxBytes = m.SessionQueueMaxLength, int64(m.SessionQueueMaxBytes)
+	c.ConnectTimeout = m.ConnectTimeout
+	return c
 }
 
 // maxFrameBody caps stomp.max_frame_body.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
+	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	gostomp "github.com/go-stomp/stomp/v3"
 	"github.com/rs/zerolog"
 )
 
@@ -402,4 +406,178 @@ func TestLoggerFormats(t *testing.T) {
 	if !strings.HasPrefix(buf.String(), "{") {
 		t.Errorf("auto log on a non-terminal: %q", buf.String())
 	}
+}
+
+// TestMQTTAndSTOMPShareTopics runs the binary and checks DESIGN.md's name
+// mapping across protocols with real clients: MQTT a/b is STOMP
+// /topic/a.b both ways, MQTT wildcards match STOMP publishes, a dot inside
+// a level survives the round trip (MQTT v1.2/temp is STOMP
+// /topic/v1/2.temp), and properties map onto headers and back.
+func TestMQTTAndSTOMPShareTopics(t *testing.T) {
+	p := start(t, []string{"--data", t.TempDir(), "--log-format", "json"}, "TANDEM_ADMIN_ADDR=127.0.0.1:0")
+	rec := p.stderr.waitFor(t, "ready", p.exited)
+	stompAddr, _ := rec["stomp"].(string)
+	mqttAddr, _ := rec["mqtt"].(string)
+	if stompAddr == "" || mqttAddr == "" {
+		t.Fatalf("ready line lacks stomp or mqtt address: %v", rec)
+	}
+
+	// MQTT subscribers, each subscribed (SUBACK received) before any
+	// publish.
+	m1 := dialMQTT3(t, mqttAddr, "m1", "a/b", 1)
+	m2 := dialMQTT5(t, mqttAddr, "m2", "a/+", 1)
+	m3 := dialMQTT3(t, mqttAddr, "m3", "#", 0)
+	m4 := dialMQTT5(t, mqttAddr, "m4", "v1.2/temp", 1)
+
+	sc, err := gostomp.Dial("tcp", stompAddr, gostomp.ConnOpt.HeartBeat(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.MustDisconnect()
+	sab, err := sc.Subscribe("/topic/a.b", gostomp.AckAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sdot, err := sc.Subscribe("/topic/v1/2.temp", gostomp.AckAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// STOMP -> MQTT. The receipts also prove the SUBSCRIBEs above were
+	// processed (frames of one connection are handled in order).
+	if err := sc.Send("/topic/a.b", "text/plain", []byte("from stomp"), gostomp.SendOpt.Receipt, gostomp.SendOpt.Header("k", "v")); err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.Send("/topic/v1/2.temp", "", []byte("dot"), gostomp.SendOpt.Receipt); err != nil {
+		t.Fatal(err)
+	}
+	if m := m1.next(t); m.Topic() != "a/b" || string(m.Payload()) != "from stomp" || m.Qos() != 1 {
+		t.Fatalf("m1 got %s %q QoS %d", m.Topic(), m.Payload(), m.Qos())
+	}
+	if m := m2.next(t); m.Topic != "a/b" || string(m.Payload) != "from stomp" || m.Properties.ContentType != "text/plain" ||
+		m.Properties.User.Get("k") != "v" {
+		t.Fatalf("m2 got %s %q %+v", m.Topic, m.Payload, m.Properties)
+	}
+	for _, want := range []string{"a/b", "v1.2/temp"} {
+		if m := m3.next(t); m.Topic() != want {
+			t.Fatalf("m3 got %s, want %s", m.Topic(), want)
+		}
+	}
+	if m := m4.next(t); m.Topic != "v1.2/temp" || string(m.Payload) != "dot" {
+		t.Fatalf("m4 got %s %q", m.Topic, m.Payload)
+	}
+	if m := recvSTOMP(t, sab); string(m.Body) != "from stomp" {
+		t.Fatalf("STOMP got its own %q", m.Body)
+	}
+	if m := recvSTOMP(t, sdot); string(m.Body) != "dot" {
+		t.Fatalf("STOMP got its own %q", m.Body)
+	}
+
+	// MQTT -> STOMP, with MQTT 5 properties as headers.
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	_, err = m2.Publish(ctx, &paho.Publish{Topic: "a/b", QoS: 1, Payload: []byte("from mqtt"), Properties: &paho.PublishProperties{
+		ContentType: "application/json", ResponseTopic: "replies/v1.2", User: paho.UserProperties{{Key: "unit", Value: "C"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := m1.Publish("v1.2/temp", 1, false, "21.5"); !tok.WaitTimeout(waitTimeout) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
+	m := recvSTOMP(t, sab)
+	if string(m.Body) != "from mqtt" || m.Destination != "/topic/a.b" || m.ContentType != "application/json" ||
+		m.Header.Get("unit") != "C" || m.Header.Get("reply-to") != "/topic/replies.v1/2" {
+		t.Fatalf("STOMP got %q at %s, headers %v", m.Body, m.Destination, m.Header)
+	}
+	if m := recvSTOMP(t, sdot); string(m.Body) != "21.5" || m.Destination != "/topic/v1/2.temp" {
+		t.Fatalf("STOMP got %q at %s", m.Body, m.Destination)
+	}
+}
+
+func recvSTOMP(t *testing.T, sub *gostomp.Subscription) *gostomp.Message {
+	t.Helper()
+	select {
+	case m := <-sub.C:
+		if m == nil || m.Err != nil {
+			t.Fatalf("STOMP subscription: %v", m)
+		}
+		return m
+	case <-time.After(waitTimeout):
+		t.Fatal("no STOMP message")
+	}
+	return nil
+}
+
+// mqtt3 is a paho.mqtt.golang (MQTT 3.1.1) client with one subscription.
+type mqtt3 struct {
+	pahov3.Client
+	c chan pahov3.Message
+}
+
+func dialMQTT3(t *testing.T, addr, id, filter string, qos byte) *mqtt3 {
+	t.Helper()
+	c := &mqtt3{c: make(chan pahov3.Message, 100)}
+	c.Client = pahov3.NewClient(pahov3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).
+		SetProtocolVersion(4).SetAutoReconnect(false))
+	if tok := c.Connect(); !tok.WaitTimeout(waitTimeout) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	tok := c.Subscribe(filter, qos, func(_ pahov3.Client, m pahov3.Message) { c.c <- m })
+	if !tok.WaitTimeout(waitTimeout) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	return c
+}
+
+func (c *mqtt3) next(t *testing.T) pahov3.Message {
+	t.Helper()
+	select {
+	case m := <-c.c:
+		return m
+	case <-time.After(waitTimeout):
+		t.Fatal("no MQTT message")
+	}
+	return nil
+}
+
+// mqtt5 is a paho.golang (MQTT 5) client with one subscription.
+type mqtt5 struct {
+	*paho.Client
+	c chan *paho.Publish
+}
+
+func dialMQTT5(t *testing.T, addr, id, filter string, qos byte) *mqtt5 {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &mqtt5{c: make(chan *paho.Publish, 100)}
+	c.Client = paho.NewClient(paho.ClientConfig{ClientID: id, Conn: nc,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+			func(pr paho.PublishReceived) (bool, error) { c.c <- pr.Packet; return true, nil },
+		}})
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: id, CleanStart: true, KeepAlive: 30}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
+	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: qos}}}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (c *mqtt5) next(t *testing.T) *paho.Publish {
+	t.Helper()
+	select {
+	case m := <-c.c:
+		return m
+	case <-time.After(waitTimeout):
+		t.Fatal("no MQTT message")
+	}
+	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/rs/zerolog"
 	"github.com/tandem-mq/tandem/engine"
+	"github.com/tandem-mq/tandem/mqtt"
 	"github.com/tandem-mq/tandem/persist"
 	"github.com/tandem-mq/tandem/stomp"
 )
@@ -94,10 +95,13 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 	var (
 		broker  *engine.Broker
 		stompLn *stompListener
+		mqttLn  *mqttListener
 	)
 	defer func() {
 		ready.Store(false)
-		err = errors.Join(err, stompLn.close(), shutdown(cfg, admin, broker, store))
+		// The protocol servers close before the engine: every connection
+		// ends and every goroutine they started is joined first.
+		err = errors.Join(err, mqttLn.close(), stompLn.close(), shutdown(cfg, admin, broker, store))
 	}()
 
 	broker, err = engine.Open(store, cfg.Queues.engineConfig())
@@ -109,12 +113,17 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 	if err != nil {
 		return err
 	}
+	mqttLn, err = startMQTT(cfg, broker, log)
+	if err != nil {
+		return err
+	}
 
 	if ctx.Err() == nil {
 		ready.Store(true)
 		log.Info().
 			Str("admin", admin.Addr()).
 			Str("stomp", stompLn.addr()).
+			Str("mqtt", mqttLn.addr()).
 			Str("data_dir", cfg.DataDir).
 			Bool("sync", *cfg.Storage.Sync).
 			Str("recovery", time.Since(start).Round(time.Microsecond).String()).
@@ -132,6 +141,8 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 		log.Error().Msg("admin server stopped; shutting down")
 	case err := <-stompLn.done:
 		return fmt.Errorf("stomp listener %s: %w", stompLn.addr(), err)
+	case err := <-mqttLn.done:
+		return fmt.Errorf("mqtt listener %s: %w", mqttLn.addr(), err)
 	}
 	if stopSignals != nil {
 		stopSignals()
@@ -211,6 +222,42 @@ func (l *stompListener) close() error {
 	}
 	err := l.srv.Close()
 	if serr := <-l.done; !errors.Is(serr, stomp.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	return err
+}
+
+// mqttListener is the MQTT server on its TCP listener.
+type mqttListener struct {
+	srv  *mqtt.Server
+	ln   net.Listener
+	done chan error // Serve's result
+}
+
+func startMQTT(cfg Config, b *engine.Broker, log zerolog.Logger) (*mqttListener, error) {
+	srv, err := mqtt.NewServer(b, cfg.MQTT.serverConfig(), log)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Listeners.MQTT)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt listener: %w", err)
+	}
+	l := &mqttListener{srv: srv, ln: ln, done: make(chan error, 1)}
+	go func() { l.done <- srv.Serve(ln) }()
+	return l, nil
+}
+
+func (l *mqttListener) addr() string { return l.ln.Addr().String() }
+
+// close stops the MQTT server: no new connections, every open one closed,
+// all its goroutines joined.
+func (l *mqttListener) close() error {
+	if l == nil {
+		return nil
+	}
+	err := l.srv.Close()
+	if serr := <-l.done; !errors.Is(serr, mqtt.ErrServerClosed) {
 		err = errors.Join(err, serr)
 	}
 	return err
