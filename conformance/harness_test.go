@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,6 +108,9 @@ type tandemProc struct {
 
 	// Bound addresses from the "ready" line.
 	STOMP, Admin string
+	// MQTT is the MQTT listener's address, "" if the ready line has none
+	// (see requireMQTT).
+	MQTT string
 }
 
 // startTandem starts the broker on dataDir, waits for its "ready" line and
@@ -161,10 +165,22 @@ func startTandemArgs(t *testing.T, dataDir string, args []string, env ...string)
 	rec := p.waitReady(t)
 	p.STOMP, _ = rec["stomp"].(string)
 	p.Admin, _ = rec["admin"].(string)
+	p.MQTT, _ = rec["mqtt"].(string)
 	if p.STOMP == "" || p.Admin == "" {
 		t.Fatalf("ready line lacks the stomp or admin address: %v", rec)
 	}
 	return p
+}
+
+// requireMQTT returns the broker's MQTT host and port, failing the test if
+// the ready line named no MQTT listener.
+func (p *tandemProc) requireMQTT(t *testing.T) (host, port string) {
+	t.Helper()
+	host, port, err := net.SplitHostPort(p.MQTT)
+	if err != nil {
+		t.Fatalf("ready line has no usable mqtt address (%q): %v", p.MQTT, err)
+	}
+	return host, port
 }
 
 // brokerEnv is the test's environment without TANDEM_* variables, with
