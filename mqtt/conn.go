@@ -13,9 +13,11 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 	"github.com/tandem-mq/tandem/engine"
+	"github.com/tandem-mq/tandem/protocol"
 )
 
-// conn is one established MQTT connection and its (clean) session.
+// conn is one MQTT connection and its session (clean, or a persistent
+// session it holds, session.go).
 //
 // The read goroutine (mochi's, calling the hooks) owns subscription
 // changes; mu guards what the writer reads of them.
@@ -27,6 +29,12 @@ type conn struct {
 	origin string // engine.Message.Origin of this client's publishes
 	log    zerolog.Logger
 	credit int // outbound QoS 1 window
+
+	// Session, fixed at CONNECT: sess is nil for a clean session.
+	sess      *session
+	present   bool   // CONNACK session present
+	reqExpiry uint32 // MQTT 5 Session Expiry Interval asked for
+	expiry    uint32 // granted (capped)
 
 	pipe *pipeline
 	out  *outbox
@@ -41,22 +49,39 @@ type conn struct {
 	// however many match).
 	topic *engine.TopicSub
 	// queue is the connection's session queue, bound to every QoS 1
-	// filter: a temporary queue consumed with credit, so QoS 1 deliveries
-	// wait in the engine rather than being dropped. "" until needed.
+	// filter: "$mqtt/<client id>" (durable) for a persistent session, a
+	// temporary queue for a clean one. "" until needed.
 	queue string
-	cons  *engine.Consumer
+	// cons are the connection's consumers by engine queue: the session
+	// queue, $queue/NAME queues and $share/ group queues.
+	cons map[string]*engine.Consumer
 
+	started      bool // pipeline and writer running
+	torn         bool // teardown began: start must not run them
+	gone         chan struct{}
 	teardownOnce sync.Once
 }
+
+// subKind says what a subscription is.
+type subKind uint8
+
+const (
+	kindTopic subKind = iota // a topic filter
+	kindQueue                // $queue/NAME: a competing consumer of queue NAME
+	kindShare                // $share/GROUP/FILTER: a member of a group queue
+)
 
 // subOpts is one subscription of the connection.
 type subOpts struct {
 	qos     byte
 	noLocal bool
-	id      int // MQTT 5 subscription identifier, 0 for none
+	rap     bool // Retain As Published
+	id      int  // MQTT 5 subscription identifier, 0 for none
 	// bound is set while the filter is bound to the session queue: a topic
 	// (QoS 0) delivery it matches is then left to the queue's copy.
 	bound bool
+	kind  subKind
+	queue string // engine queue of a kindQueue or kindShare subscription
 }
 
 func newConn(s *Server, cl *mochi.Client) *conn {
@@ -67,6 +92,8 @@ func newConn(s *Server, cl *mochi.Client) *conn {
 		v5:     cl.Properties.ProtocolVersion == 5,
 		origin: "mqtt:" + cl.ID,
 		subs:   make(map[string]subOpts),
+		cons:   make(map[string]*engine.Consumer),
+		gone:   make(chan struct{}),
 	}
 	c.log = s.log.With().Str("client", cl.ID).Str("remote", cl.Net.Remote).Logger()
 	c.credit = s.cfg.MaxInflight
@@ -78,8 +105,14 @@ func newConn(s *Server, cl *mochi.Client) *conn {
 	return c
 }
 
-// start runs the pipeline and the writer.
-func (c *conn) start() {
+// start runs the pipeline and the writer; false after teardown.
+func (c *conn) start() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.torn {
+		return false
+	}
+	c.started = true
 	c.s.wg.Add(2)
 	go func() {
 		defer c.s.wg.Done()
@@ -89,32 +122,58 @@ func (c *conn) start() {
 		defer c.s.wg.Done()
 		c.out.run()
 	}()
+	return true
 }
 
-// teardown ends the connection's engine state and joins its goroutines.
-// It runs in the read goroutine once mochi's read loop ended.
+// teardown ends the connection's engine state and joins its goroutines;
+// a persistent session is released to wait for its client. It runs in
+// the read goroutine once mochi's read loop ended (or in serveConn for a
+// connection that never got established).
 func (c *conn) teardown() {
 	c.teardownOnce.Do(func() {
+		defer close(c.gone)
 		c.cl.Stop(nil) // the writer's socket writes fail from now on
-		c.pipe.close()
 		c.mu.Lock()
+		started := c.started
+		c.torn = true
 		topic, cons, queue := c.topic, c.cons, c.queue
-		c.topic, c.cons, c.queue = nil, nil, ""
+		c.topic, c.cons, c.queue = nil, map[string]*engine.Consumer{}, ""
+		var shares []string
+		for k, o := range c.subs {
+			if o.kind == kindShare {
+				shares = append(shares, k)
+			}
+		}
 		c.mu.Unlock()
+		if started {
+			c.pipe.close()
+		}
 		if topic != nil {
 			topic.Close()
 		}
-		if cons != nil {
-			_ = cons.Close()
+		for _, cn := range cons {
+			_ = cn.Close() // unacked deliveries return to their queue
 		}
-		if queue != "" {
+		if queue != "" && c.sess == nil {
 			if err := c.s.b.DeleteQueue(queue); err != nil && !errors.Is(err, engine.ErrNoQueue) && !errors.Is(err, engine.ErrClosed) {
 				c.log.Warn().Err(err).Str("queue", queue).Msg("deleting session queue")
 			}
 		}
-		c.out.close()
+		if started {
+			c.out.close()
+		} else {
+			c.out.shut()
+		}
+		c.s.releaseSession(c)
+		c.s.releaseShares(shares)
 		c.s.detach(c)
 	})
+}
+
+// takenOver ends a connection whose session a new connection takes
+// (MQTT 5: DISCONNECT 0x8E).
+func (c *conn) takenOver() {
+	c.disconnect(packets.ErrSessionTakenOver)
 }
 
 // disconnect ends the connection with an MQTT 5 DISCONNECT reason code
@@ -136,9 +195,6 @@ func (c *conn) checkPublish(pk packets.Packet) (packets.Packet, error) {
 		// [MQTT-3.2.2-11]. MQTT 3.1.1 has no way to refuse it: close.
 		c.log.Debug().Msg("QoS 2 publish refused: QoS 2 is not implemented yet")
 		c.disconnect(packets.ErrQosNotSupported)
-		return pk, packets.ErrRejectPacket
-	case pk.FixedHeader.Retain && c.v5:
-		c.disconnect(packets.ErrRetainNotSupported) // CONNACK said Retain Available 0
 		return pk, packets.ErrRejectPacket
 	case pk.FixedHeader.Qos == 1 && c.v5 && int(c.inQoS.Load()) >= c.s.cfg.ReceiveMaximum:
 		c.disconnect(packets.ErrReceiveMaximum)
@@ -173,33 +229,113 @@ func (c *conn) publish(pk packets.Packet) {
 	c.pipe.push(pubItem{m: m, qos: pk.FixedHeader.Qos, pid: pk.PacketID})
 }
 
-// subscribe handles a valid SUBSCRIBE: engine state for each filter, then
-// the SUBACK.
+// subscribe handles a valid SUBSCRIBE: engine state for each filter, the
+// session record, then the SUBACK.
 func (c *conn) subscribe(pk packets.Packet) {
 	c.pipe.barrier() // this client's earlier publishes are routed first
+	c.out.pause()    // deliveries of new subscriptions follow the SUBACK
 	codes := make([]byte, len(pk.Filters))
+	had := make([]bool, len(pk.Filters))
 	for i, f := range pk.Filters {
+		c.mu.Lock()
+		_, had[i] = c.subs[f.Filter]
+		c.mu.Unlock()
 		codes[i] = c.subscribeOne(f)
+	}
+	if err := c.saveSubs(); err != nil {
+		// The engine state is there but would not survive a restart.
+		c.log.Error().Err(err).Msg("storing subscriptions")
+		for i := range codes {
+			codes[i] = packets.ErrUnspecifiedError.Code
+		}
+	}
+	for i := range codes {
 		if !c.v5 && codes[i] >= packets.ErrUnspecifiedError.Code {
 			codes[i] = packets.ErrUnspecifiedError.Code // the only MQTT 3.1.1 failure code
 		}
 	}
-	c.out.control(encode(packets.Packet{
+	c.out.resume(encode(packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Suback},
 		PacketID:        pk.PacketID,
 		ReasonCodes:     codes,
 		ProtocolVersion: c.cl.Properties.ProtocolVersion,
 	}))
+	c.sendRetained(pk.Filters, codes, had)
+}
+
+// restore re-creates the subscriptions of a resumed session (before any
+// packet after CONNECT is read) and attaches its queue, whose backlog
+// then flows within the client's window.
+func (c *conn) restore() {
+	ss := c.sess
+	if ss == nil {
+		return
+	}
+	c.s.sessMu.Lock()
+	subs := append([]subRecord(nil), ss.rec.Subs...)
+	c.s.sessMu.Unlock()
+	// The writer waits until every subscription is back: a backlog
+	// delivery checked against a filter not restored yet would be taken
+	// for one unsubscribed since, and dropped.
+	c.out.pause()
+	defer c.out.resume(nil)
+	for _, r := range subs {
+		code := c.subscribeOne(packets.Subscription{Filter: r.Filter, Qos: r.QoS, NoLocal: r.NoLocal, RetainAsPublished: r.RAP, Identifier: r.ID})
+		if code >= packets.ErrUnspecifiedError.Code {
+			c.log.Error().Str("filter", r.Filter).Uint8("code", code).Msg("restoring subscription")
+		}
+	}
+	if !c.present {
+		return
+	}
+	queue, err := c.sessionQueue()
+	if err != nil {
+		c.log.Error().Err(err).Msg("attaching session queue")
+		c.disconnect(packets.ErrUnspecifiedError)
+		return
+	}
+	// A binding the record does not know (a SUBSCRIBE whose record write
+	// failed) is removed.
+	for _, bd := range c.s.b.Bindings() {
+		if bd.Queue != queue {
+			continue
+		}
+		c.mu.Lock()
+		o, ok := c.subs[bd.Filter]
+		c.mu.Unlock()
+		if !ok || !o.bound {
+			if err := c.s.b.Unbind(bd.Filter, queue); err != nil {
+				c.log.Error().Err(err).Str("filter", bd.Filter).Msg("removing stale binding")
+			}
+		}
+	}
 }
 
 // subscribeOne subscribes to one filter and returns its SUBACK code.
 func (c *conn) subscribeOne(f packets.Subscription) byte {
+	kind, queue, inner := kindTopic, "", f.Filter
 	switch {
-	case len(f.ShareName) > 0 || strings.HasPrefix(f.Filter, "$share/"):
-		return packets.ErrSharedSubscriptionsNotSupported.Code
-	case strings.HasPrefix(f.Filter, "$queue/"):
-		// Competing consumers over MQTT are not implemented yet.
-		return packets.ErrImplementationSpecificError.Code
+	case strings.HasPrefix(f.Filter, sharePrefix):
+		group, filter, ok := strings.Cut(f.Filter[len(sharePrefix):], "/")
+		if !ok || engine.ValidateFilter(filter) != nil {
+			return packets.ErrTopicFilterInvalid.Code
+		}
+		q, err := protocol.SharedSubscriptionQueue(group, filter)
+		if err != nil {
+			return packets.ErrTopicFilterInvalid.Code
+		}
+		if f.NoLocal && c.v5 {
+			// A protocol error [MQTT-3.8.3-4].
+			c.disconnect(packets.ErrProtocolViolationInvalidSharedNoLocal)
+			return packets.ErrProtocolViolationInvalidSharedNoLocal.Code
+		}
+		kind, queue, inner = kindShare, q, filter
+	case strings.HasPrefix(f.Filter, queuePrefix):
+		name := f.Filter[len(queuePrefix):]
+		if engine.ValidateQueueName(name) != nil || strings.ContainsAny(name, "+#") {
+			return packets.ErrTopicFilterInvalid.Code
+		}
+		kind, queue = kindQueue, name
 	case engine.ValidateFilter(f.Filter) != nil:
 		return packets.ErrTopicFilterInvalid.Code
 	}
@@ -211,16 +347,19 @@ func (c *conn) subscribeOne(f packets.Subscription) byte {
 		return packets.ErrQuotaExceeded.Code
 	}
 	qos := min(f.Qos, 1)
-	opts := subOpts{qos: qos, noLocal: f.NoLocal, id: f.Identifier}
+	opts := subOpts{qos: qos, noLocal: f.NoLocal, rap: f.RetainAsPublished, id: f.Identifier, kind: kind, queue: queue}
 	var err error
-	if qos == 0 {
+	switch {
+	case kind != kindTopic:
+		err = c.toConsumer(f.Filter, inner, opts, had)
+	case qos == 0:
 		err = c.toTopic(f.Filter, opts, had && old.bound)
-	} else {
+	default:
 		err = c.toQueue(f.Filter, opts, had && !old.bound)
 	}
 	if err != nil {
 		c.log.Warn().Err(err).Str("filter", f.Filter).Msg("subscribe")
-		if errors.Is(err, engine.ErrInvalidFilter) {
+		if errors.Is(err, engine.ErrInvalidFilter) || errors.Is(err, engine.ErrInvalidQueue) {
 			return packets.ErrTopicFilterInvalid.Code
 		}
 		return packets.ErrUnspecifiedError.Code
@@ -228,11 +367,50 @@ func (c *conn) subscribeOne(f packets.Subscription) byte {
 	return qos
 }
 
+// sharePrefix starts a shared subscription filter.
+const sharePrefix = "$share/"
+
+// toConsumer makes the connection a competing consumer of a $queue/ queue
+// or a $share/ group queue (declared durable and bound to the group's
+// filter). A repeated SUBSCRIBE only updates its options.
+func (c *conn) toConsumer(key, filter string, opts subOpts, had bool) error {
+	c.mu.Lock()
+	_, consuming := c.cons[opts.queue]
+	if had && consuming {
+		c.subs[key] = opts
+		c.mu.Unlock()
+		return nil
+	}
+	c.mu.Unlock()
+	if opts.kind == kindShare {
+		// Under sessMu: releaseShareLocked must not delete the group queue
+		// between its declaration and this member's consumer.
+		c.s.sessMu.Lock()
+		defer c.s.sessMu.Unlock()
+		if err := c.s.b.DurableSubscription(opts.queue, filter, engine.QueueOptions{}); err != nil {
+			return err
+		}
+	}
+	c.mu.Lock()
+	c.subs[key] = opts
+	c.mu.Unlock()
+	cons, err := c.s.b.Consume(opts.queue, sink{c}, engine.ConsumeOptions{Credit: c.credit})
+	if err != nil {
+		c.forget(key)
+		return err
+	}
+	c.mu.Lock()
+	c.cons[opts.queue] = cons
+	c.mu.Unlock()
+	return nil
+}
+
 // toTopic makes filter a QoS 0 subscription (in the topic subscription).
 // Moving it from the queue may deliver a message twice, never lose one.
 func (c *conn) toTopic(filter string, opts subOpts, wasBound bool) error {
+	opts.bound = wasBound
 	c.mu.Lock()
-	c.subs[filter] = subOpts{qos: opts.qos, noLocal: opts.noLocal, id: opts.id, bound: wasBound}
+	c.subs[filter] = opts
 	if c.topic == nil {
 		c.topic = c.s.b.SubscribeFilters(sink{c})
 	}
@@ -284,7 +462,8 @@ func (c *conn) forget(filter string) {
 }
 
 // sessionQueue returns the connection's session queue, declaring it and
-// attaching the consumer on first use.
+// attaching the consumer on first use: "$mqtt/<client id>", durable, for
+// a persistent session; a temporary queue for a clean one.
 func (c *conn) sessionQueue() (string, error) {
 	c.mu.Lock()
 	q := c.queue
@@ -292,27 +471,37 @@ func (c *conn) sessionQueue() (string, error) {
 	if q != "" {
 		return q, nil
 	}
-	// Unique per connection: a takeover's old connection deletes its own
-	// queue, never the new one's. '$' names cannot be read over STOMP.
-	q = "$mqtt-clean/" + strconv.FormatUint(c.s.nextConn.Add(1), 10) + "/" + c.cl.ID
 	cfg := &c.s.cfg
-	err := c.s.b.DeclareQueue(q, engine.QueueOptions{Temporary: true, Policy: engine.Policy{
-		MaxDeliveries:   -1, // a clean session cannot refuse for good
-		MaxLength:       cfg.SessionQueueMaxLength,
-		MaxBytes:        cfg.SessionQueueMaxBytes,
-		Overflow:        engine.OverflowDropHead,
-		DeadLetterQueue: "-",
-	}})
-	if err != nil {
+	var opts engine.QueueOptions
+	if c.sess != nil {
+		q = sessionQueueName(c.cl.ID)
+		opts.Policy = c.s.sessionPolicy()
+	} else {
+		// Unique per connection: a takeover's old connection deletes its
+		// own queue, never the new one's. '$' names cannot be read over
+		// STOMP.
+		q = "$mqtt-clean/" + strconv.FormatUint(c.s.nextConn.Add(1), 10) + "/" + c.cl.ID
+		opts = engine.QueueOptions{Temporary: true, Policy: engine.Policy{
+			MaxDeliveries:   -1, // a clean session cannot refuse for good
+			MaxLength:       cfg.SessionQueueMaxLength,
+			MaxBytes:        cfg.SessionQueueMaxBytes,
+			Overflow:        engine.OverflowDropHead,
+			DeadLetterQueue: "-",
+		}}
+	}
+	if err := c.s.b.DeclareQueue(q, opts); err != nil {
 		return "", err
 	}
 	cons, err := c.s.b.Consume(q, sink{c}, engine.ConsumeOptions{Credit: c.credit})
 	if err != nil {
-		_ = c.s.b.DeleteQueue(q)
+		if c.sess == nil {
+			_ = c.s.b.DeleteQueue(q)
+		}
 		return "", err
 	}
 	c.mu.Lock()
-	c.queue, c.cons = q, cons
+	c.queue = q
+	c.cons[q] = cons
 	c.mu.Unlock()
 	return q, nil
 }
@@ -321,24 +510,42 @@ func (c *conn) sessionQueue() (string, error) {
 func (c *conn) unsubscribe(pk packets.Packet) {
 	c.pipe.barrier()
 	codes := make([]byte, len(pk.Filters))
+	var shares []string
 	for i, f := range pk.Filters {
 		c.mu.Lock()
 		opts, ok := c.subs[f.Filter]
+		if ok && opts.kind == kindShare {
+			shares = append(shares, f.Filter)
+		}
 		delete(c.subs, f.Filter)
 		topic, queue := c.topic, c.queue
-		c.mu.Unlock()
-		if !ok {
-			codes[i] = packets.CodeNoSubscriptionExisted.Code
-			continue
+		var cons *engine.Consumer
+		if ok && opts.kind != kindTopic {
+			cons = c.cons[opts.queue]
+			delete(c.cons, opts.queue)
 		}
-		if opts.bound {
+		c.mu.Unlock()
+		switch {
+		case !ok:
+			codes[i] = packets.CodeNoSubscriptionExisted.Code
+		case cons != nil:
+			_ = cons.Close() // unacked deliveries go back to the queue
+		case opts.bound:
 			if err := c.s.b.Unbind(f.Filter, queue); err != nil {
 				c.log.Warn().Err(err).Str("filter", f.Filter).Msg("unsubscribe")
 				codes[i] = packets.ErrUnspecifiedError.Code
 			}
-		} else if topic != nil {
+		case topic != nil:
 			topic.RemoveFilter(f.Filter)
 		}
+	}
+	if err := c.saveSubs(); err != nil {
+		c.log.Error().Err(err).Msg("storing subscriptions")
+		for i := range codes {
+			codes[i] = packets.ErrUnspecifiedError.Code
+		}
+	} else {
+		c.s.releaseShares(shares)
 	}
 	c.out.control(encode(packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Unsuback},
@@ -349,23 +556,24 @@ func (c *conn) unsubscribe(pk packets.Packet) {
 }
 
 // clientPuback completes a QoS 1 delivery. An MQTT 5 PUBACK with a reason
-// code of 0x80 or more refuses it: the message comes back (NACK).
+// code of 0x80 or more refuses it: the message comes back (NACK), or goes
+// to its queue's dead-letter queue after max_deliveries.
 func (c *conn) clientPuback(pk packets.Packet) {
-	tag, ok := c.out.release(pk.PacketID)
+	fl, ok := c.out.release(pk.PacketID)
 	if !ok {
 		return // not ours, or already completed
 	}
 	c.mu.Lock()
-	cons := c.cons
+	cons := c.cons[fl.queue]
 	c.mu.Unlock()
 	if cons == nil {
-		return
+		return // unsubscribed: the delivery went back to its queue
 	}
 	var err error
 	if c.v5 && pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
-		err = cons.Nack(tag)
+		err = cons.Nack(fl.tag)
 	} else {
-		err = cons.Ack(false, tag)
+		err = cons.Ack(false, fl.tag)
 	}
 	if err != nil && !errors.Is(err, engine.ErrClosed) {
 		c.log.Debug().Err(err).Uint16("packet_id", pk.PacketID).Msg("puback")
@@ -375,20 +583,22 @@ func (c *conn) clientPuback(pk packets.Packet) {
 // match is what a connection's subscriptions say about one message.
 type match struct {
 	any, bound bool
+	rap        bool // a matching subscription has Retain As Published
 	qos        byte
 	allNoLocal bool
 	ids        []int
 }
 
-// matchLocked evaluates the subscriptions against topic.
+// matchLocked evaluates the topic subscriptions against topic.
 func (c *conn) matchLocked(topic string) match {
 	mt := match{allNoLocal: true}
 	for f, o := range c.subs {
-		if !engine.MatchTopic(f, topic) {
+		if o.kind != kindTopic || !engine.MatchTopic(f, topic) {
 			continue
 		}
 		mt.any = true
 		mt.bound = mt.bound || o.bound
+		mt.rap = mt.rap || o.rap
 		mt.qos = max(mt.qos, o.qos)
 		mt.allNoLocal = mt.allNoLocal && o.noLocal
 		if o.id > 0 {
@@ -398,8 +608,19 @@ func (c *conn) matchLocked(topic string) match {
 	return mt
 }
 
+// consumerSubLocked returns the $queue/ or $share/ subscription consuming
+// queue.
+func (c *conn) consumerSubLocked(queue string) (subOpts, bool) {
+	for _, o := range c.subs {
+		if o.kind != kindTopic && o.queue == queue {
+			return o, true
+		}
+	}
+	return subOpts{}, false
+}
+
 // sink receives the connection's engine deliveries (topic subscription and
-// session queue) and hands them to the writer. It runs under engine locks.
+// queues) and hands them to the writer. It runs under engine locks.
 type sink struct{ c *conn }
 
 func (s sink) Deliver(d engine.Delivery) { s.c.out.deliver(d) }

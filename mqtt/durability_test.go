@@ -144,19 +144,6 @@ func TestQoS2Refused(t *testing.T) {
 	}
 }
 
-// MQTT 5 RETAIN is refused the same way (CONNACK said Retain Available 0).
-func TestRetainRefusedV5(t *testing.T) {
-	br := startBroker(t, options{})
-	c, _ := br.dialRaw("c", 5, packets.Properties{})
-	c.send(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true},
-		TopicName:   "r", PacketID: 1, Payload: []byte("x"),
-	})
-	if pk := c.read(); pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != 0x9A {
-		t.Fatalf("got %+v, want DISCONNECT 0x9A", pk)
-	}
-}
-
 // An MQTT 5 client over the server's Receive Maximum is disconnected with
 // 0x93 [MQTT-3.3.4-7]. The store holds the commits so that no PUBACK frees
 // a slot meanwhile.

@@ -95,17 +95,26 @@ type v3 struct {
 }
 
 func (br *broker) dial3(id string) *v3 {
+	br.t.Helper()
+	c, _ := br.dial3Session(id, true)
+	return c
+}
+
+// dial3Session connects with the given clean session flag and returns the
+// CONNACK's session present.
+func (br *broker) dial3Session(id string, clean bool) (*v3, bool) {
 	t := br.t
 	t.Helper()
 	c := &v3{C: make(chan pahov3.Message, 1000)}
 	opts := pahov3.NewClientOptions().AddBroker("tcp://" + br.addr).SetClientID(id).
-		SetProtocolVersion(4).SetCleanSession(true).SetAutoReconnect(false).
+		SetProtocolVersion(4).SetCleanSession(clean).SetAutoReconnect(false).
 		SetOrderMatters(true).SetKeepAlive(30 * time.Second).
 		SetDefaultPublishHandler(func(_ pahov3.Client, m pahov3.Message) { c.C <- m })
 	c.Client = pahov3.NewClient(opts)
-	wait(t, c.Connect())
+	tok := c.Connect()
+	wait(t, tok)
 	t.Cleanup(func() { c.Disconnect(0) })
-	return c
+	return c, tok.(*pahov3.ConnectToken).SessionPresent()
 }
 
 func wait(t *testing.T, tok pahov3.Token) {
@@ -223,6 +232,11 @@ type raw struct {
 }
 
 func (br *broker) dialRaw(id string, version byte, props packets.Properties) (*raw, packets.Packet) {
+	br.t.Helper()
+	return br.dialRawClean(id, version, true, props)
+}
+
+func (br *broker) dialRawClean(id string, version byte, clean bool, props packets.Properties) (*raw, packets.Packet) {
 	t := br.t
 	t.Helper()
 	nc, err := net.Dial("tcp", br.addr)
@@ -239,7 +253,7 @@ func (br *broker) dialRaw(id string, version byte, props packets.Properties) (*r
 	c.send(packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Connect},
 		Connect: packets.ConnectParams{
-			ProtocolName: []byte(name), Clean: true, Keepalive: 30, ClientIdentifier: id,
+			ProtocolName: []byte(name), Clean: clean, Keepalive: 30, ClientIdentifier: id,
 		},
 		Properties: props,
 	})

@@ -35,8 +35,10 @@ func (h *hook) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { retur
 // before OnPublish.
 func (h *hook) OnACLCheck(*mochi.Client, string, bool) bool { return true }
 
-// OnConnect applies the keepalive bounds and makes every session clean
-// (persistent sessions are not implemented yet).
+// OnConnect applies the keepalive bounds and gives the connection its
+// session (session.go): taken over from an open connection, resumed,
+// discarded (clean session / clean start) or new. mochi is told every
+// session is clean, so it forgets the client when it disconnects.
 func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 	cfg := &h.s.cfg
 	lo, hi := uint16(cfg.KeepaliveMin/time.Second), uint16(cfg.KeepaliveMax/time.Second)
@@ -53,6 +55,30 @@ func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 		// MQTT 3.1.1 has no way to tell them.
 		cl.State.ServerKeepalive = cl.Properties.ProtocolVersion == 5
 	}
+	c := newConn(h.s, cl)
+	clean := pk.Connect.Clean
+	maxExpiry := uint32(cfg.SessionExpiryMax / time.Second)
+	if c.v5 {
+		// Read before mochi caps it to 0 in SendConnack (NewServer).
+		c.reqExpiry = cl.Properties.Props.SessionExpiryInterval
+		c.expiry = min(c.reqExpiry, maxExpiry)
+	} else if !clean {
+		c.expiry = maxExpiry // MQTT 3.1.1 sessions expire only by the cap
+	}
+	if !h.s.attach(c) {
+		return ErrServerClosed
+	}
+	present, err := h.s.takeSession(c, clean, c.expiry)
+	if err != nil {
+		c.log.Error().Err(err).Msg("opening session")
+		code := packets.ErrServerUnavailable
+		if !c.v5 {
+			code = packets.Err3ServerUnavailable
+		}
+		_ = h.s.ms.SendConnack(cl, code, false, nil)
+		return err
+	}
+	c.present = present
 	// mochi then forgets the client when it disconnects; for MQTT 5, the
 	// session expiry cap of 0 (NewServer) does the same.
 	cl.Properties.Clean = true
@@ -63,12 +89,12 @@ func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 // connection's pipeline and writer. Packets after CONNECT are read only
 // after it returns.
 func (h *hook) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
-	c := newConn(h.s, cl)
-	if !h.s.attach(c) {
+	c := h.s.conn(cl)
+	if c == nil || !c.start() {
 		cl.Stop(ErrServerClosed)
 		return
 	}
-	c.start()
+	c.restore()
 }
 
 // OnDisconnect runs in the connection's read goroutine once its read loop
@@ -117,6 +143,15 @@ func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet
 		// goes (teardown waits for them too; this keeps their order with
 		// mochi's DISCONNECT handling).
 		c.pipe.barrier()
+		if c.v5 && pk.Properties.SessionExpiryIntervalFlag && c.reqExpiry > 0 {
+			// A new expiry for the session (capped). mochi is not shown it:
+			// it believes the expiry is 0 and would call this a protocol
+			// error; with a CONNECT expiry of 0 mochi's check stands
+			// [MQTT-3.14.2-2].
+			c.setExpiry(min(pk.Properties.SessionExpiryInterval, uint32(h.s.cfg.SessionExpiryMax/time.Second)))
+			pk.Properties.SessionExpiryIntervalFlag = false
+			pk.Properties.SessionExpiryInterval = 0
+		}
 	}
 	return pk, nil
 }
@@ -141,22 +176,24 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	return pk, packets.ErrRejectPacket
 }
 
-// OnPacketEncode fixes mochi's CONNACK: session present is always 0 (no
-// persistent sessions yet), and MQTT 5 clients are told the limits mochi
-// does not advertise.
+// OnPacketEncode fixes mochi's CONNACK: session present and the granted
+// session expiry are Tandem's, and MQTT 5 clients are told the limits
+// mochi does not advertise.
 func (h *hook) OnPacketEncode(cl *mochi.Client, pk packets.Packet) packets.Packet {
 	if pk.FixedHeader.Type != packets.Connack || pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
 		return pk
 	}
-	pk.SessionPresent = false
+	c := h.s.conn(cl)
+	pk.SessionPresent = c != nil && c.present
 	if cl.Properties.ProtocolVersion == 5 {
 		p := &pk.Properties
 		p.MaximumPacketSize = uint32(h.s.cfg.MaxPacketSize)
 		p.TopicAliasMaximum = uint16(h.s.cfg.TopicAliasMax)
-		p.RetainAvailable, p.RetainAvailableFlag = 0, true
-		p.SharedSubAvailable, p.SharedSubAvailableFlag = 0, true
-		if !p.SessionExpiryIntervalFlag && cl.Properties.Props.SessionExpiryInterval > 0 {
-			p.SessionExpiryInterval, p.SessionExpiryIntervalFlag = 0, true
+		p.RetainAvailable, p.RetainAvailableFlag = 1, true
+		p.SharedSubAvailable, p.SharedSubAvailableFlag = 1, true
+		p.SessionExpiryInterval, p.SessionExpiryIntervalFlag = 0, false
+		if c != nil && c.expiry != c.reqExpiry {
+			p.SessionExpiryInterval, p.SessionExpiryIntervalFlag = c.expiry, true // [MQTT-3.2.2.3.2]
 		}
 	}
 	return pk

@@ -2,6 +2,8 @@ package mqtt
 
 import (
 	"bytes"
+	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -18,6 +20,9 @@ const writeTimeout = 30 * time.Second
 type outItem struct {
 	pkt []byte
 	d   engine.Delivery
+	// retained marks a retained message sent because of a SUBSCRIBE: it
+	// goes out with RETAIN 1, whatever the session queue carries.
+	retained bool
 }
 
 // outbox is a connection's outbound queue and its writer: a mutex-guarded
@@ -31,21 +36,35 @@ type outItem struct {
 // does, so the CONNACK, PINGRESP and DISCONNECT mochi writes never
 // interleave with its packets.
 type outbox struct {
-	c      *conn
-	mu     sync.Mutex
-	room   *sync.Cond // signalled when acks leave, or on close
-	items  []outItem
-	topics int // topic deliveries in items
-	ctrls  int // encoded packets in items
-	closed bool
-	drops  uint64
-	notify chan struct{}
-	done   chan struct{}
+	c       *conn
+	mu      sync.Mutex
+	room    *sync.Cond // signalled when acks leave, or on close
+	items   []outItem
+	topics  int // topic deliveries in items
+	ctrls   int // encoded packets in items
+	closed  bool
+	paused  bool // subscribe in progress: nothing is written until its SUBACK
+	pauseAt int  // len(items) when paused: where the SUBACK goes
+	drops   uint64
+	notify  chan struct{}
+	done    chan struct{}
 
 	// idMu guards the packet ids of QoS 1 deliveries awaiting PUBACK.
 	idMu     sync.Mutex
-	inflight map[uint16]uint64 // packet id -> engine delivery tag
+	inflight map[uint16]flight // packet id -> engine delivery
 	lastID   uint16
+
+	// held are QoS 1 deliveries waiting for the connection-wide window
+	// (several consumers each have credit; the client's Receive Maximum
+	// bounds them together [MQTT-3.3.4-9]). Only the writer touches it;
+	// it is bounded by consumers x credit.
+	held []outItem
+}
+
+// flight is a QoS 1 delivery awaiting its PUBACK.
+type flight struct {
+	queue string
+	tag   uint64
 }
 
 func newOutbox(c *conn) *outbox {
@@ -53,7 +72,7 @@ func newOutbox(c *conn) *outbox {
 		c:        c,
 		notify:   make(chan struct{}, 1),
 		done:     make(chan struct{}),
-		inflight: make(map[uint16]uint64),
+		inflight: make(map[uint16]flight),
 	}
 	o.room = sync.NewCond(&o.mu)
 	return o
@@ -92,6 +111,20 @@ func (o *outbox) deliver(d engine.Delivery) {
 	o.wake()
 }
 
+// deliverRetained queues a retained message for a new subscription. Not
+// bounded by TopicBuffer: their number is bounded by the retained store,
+// and QoS 1 ones by the window.
+func (o *outbox) deliverRetained(m *engine.Message) {
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return
+	}
+	o.items = append(o.items, outItem{d: engine.Delivery{Msg: m, Count: 1}, retained: true})
+	o.mu.Unlock()
+	o.wake()
+}
+
 // control queues an encoded packet, waiting while Config.ReceiveMaximum of
 // them are queued. False if the connection is closing.
 func (o *outbox) control(pkt []byte) bool {
@@ -111,6 +144,29 @@ func (o *outbox) control(pkt []byte) bool {
 	o.mu.Unlock()
 	o.wake()
 	return true
+}
+
+// pause holds the writer back until resume: deliveries of consumers a
+// SUBSCRIBE creates are then written after its SUBACK. Only the read
+// goroutine calls it, after draining the pipeline, so no other packet is
+// queued meanwhile.
+func (o *outbox) pause() {
+	o.mu.Lock()
+	o.paused, o.pauseAt = true, len(o.items)
+	o.mu.Unlock()
+}
+
+// resume queues pkt (not bounded: the SUBACK of pause's caller) ahead of
+// what was delivered since pause, and lets the writer go on.
+func (o *outbox) resume(pkt []byte) {
+	o.mu.Lock()
+	if !o.closed && pkt != nil {
+		o.items = slices.Insert(o.items, min(o.pauseAt, len(o.items)), outItem{pkt: pkt})
+		o.ctrls++
+	}
+	o.paused = false
+	o.mu.Unlock()
+	o.wake()
 }
 
 // close stops the writer after what is queued and waits for it.
@@ -133,7 +189,7 @@ func (o *outbox) shut() {
 func (o *outbox) take(spare []outItem) (items []outItem, closed bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if len(o.items) == 0 {
+	if len(o.items) == 0 || o.paused {
 		return spare[:0], o.closed
 	}
 	items, o.items = o.items, spare[:0]
@@ -145,7 +201,7 @@ func (o *outbox) take(spare []outItem) (items []outItem, closed bool) {
 // allocID records a QoS 1 delivery and returns its packet id. Credit keeps
 // the deliveries awaiting PUBACK at most MaxInflight (< 65535), so a free
 // id always exists.
-func (o *outbox) allocID(tag uint64) (uint16, bool) {
+func (o *outbox) allocID(f flight) (uint16, bool) {
 	o.idMu.Lock()
 	defer o.idMu.Unlock()
 	for range 1 << 16 {
@@ -154,37 +210,49 @@ func (o *outbox) allocID(tag uint64) (uint16, bool) {
 			continue
 		}
 		if _, used := o.inflight[o.lastID]; !used {
-			o.inflight[o.lastID] = tag
+			o.inflight[o.lastID] = f
 			return o.lastID, true
 		}
 	}
 	return 0, false
 }
 
-// release completes a packet id and returns its delivery tag.
-func (o *outbox) release(id uint16) (uint64, bool) {
+// windowFull reports whether the connection has as many QoS 1 deliveries
+// awaiting PUBACK as the client accepts.
+func (o *outbox) windowFull() bool {
 	o.idMu.Lock()
 	defer o.idMu.Unlock()
-	tag, ok := o.inflight[id]
+	return len(o.inflight) >= o.c.credit
+}
+
+// release completes a packet id and returns its delivery; the writer is
+// woken for deliveries held for the window.
+func (o *outbox) release(id uint16) (flight, bool) {
+	o.idMu.Lock()
+	f, ok := o.inflight[id]
 	delete(o.inflight, id)
-	return tag, ok
+	o.idMu.Unlock()
+	if ok {
+		o.wake()
+	}
+	return f, ok
 }
 
 // run is the writer goroutine.
 func (o *outbox) run() {
 	defer close(o.done)
 	defer o.shut()
-	c := o.c
 	var (
 		items []outItem
 		buf   []byte
 		pb    bytes.Buffer
-		acks  []uint64 // queue deliveries done once written
+		acks  []flight // queue deliveries done once written
+		held  []outItem
 	)
 	for {
 		var closed bool
 		items, closed = o.take(items)
-		if len(items) == 0 {
+		if len(items) == 0 && (len(o.held) == 0 || o.windowFull()) {
 			if closed {
 				return
 			}
@@ -193,17 +261,20 @@ func (o *outbox) run() {
 		}
 		now := time.Now()
 		buf, acks = buf[:0], acks[:0]
-		for i := range items {
-			it := &items[i]
-			if it.pkt != nil {
-				buf = append(buf, it.pkt...)
-				continue
-			}
+		// Held deliveries first, in arrival order, as the window allows.
+		held, o.held = o.held, held[:0]
+		for i := range held {
 			var ok bool
-			buf, acks, ok = o.appendDelivery(buf, &pb, acks, it.d, now)
+			buf, acks, ok = o.appendItem(buf, &pb, acks, &held[i], now)
 			if !ok {
-				c.log.Error().Msg("no free packet id")
-				c.cl.Stop(packets.ErrQuotaExceeded)
+				return
+			}
+		}
+		clear(held)
+		for i := range items {
+			var ok bool
+			buf, acks, ok = o.appendItem(buf, &pb, acks, &items[i], now)
+			if !ok {
 				return
 			}
 		}
@@ -218,29 +289,71 @@ func (o *outbox) run() {
 	}
 }
 
+// appendItem appends an encoded packet or a delivery to buf, or holds a
+// QoS 1 delivery while the window is full. false means the writer must
+// stop (no packet id was free).
+func (o *outbox) appendItem(buf []byte, pb *bytes.Buffer, acks []flight, it *outItem, now time.Time) ([]byte, []flight, bool) {
+	if it.pkt != nil {
+		return append(buf, it.pkt...), acks, true
+	}
+	if (it.d.Tag != 0 || (it.retained && it.d.Msg.QoS > 0)) && (len(o.held) > 0 || o.windowFull()) {
+		o.held = append(o.held, *it) // order kept behind earlier held ones
+		return buf, acks, true
+	}
+	buf, acks, ok := o.appendDelivery(buf, pb, acks, it.d, it.retained, now)
+	if !ok {
+		o.c.log.Error().Msg("no free packet id")
+		o.c.cl.Stop(packets.ErrQuotaExceeded)
+	}
+	return buf, acks, ok
+}
+
 // appendDelivery encodes a delivery as a PUBLISH, or decides to skip it.
 // Queue deliveries that need no PUBACK are added to acks. false means no
 // packet id was free.
-func (o *outbox) appendDelivery(buf []byte, pb *bytes.Buffer, acks []uint64, d engine.Delivery, now time.Time) ([]byte, []uint64, bool) {
+func (o *outbox) appendDelivery(buf []byte, pb *bytes.Buffer, acks []flight, d engine.Delivery, retained bool, now time.Time) ([]byte, []flight, bool) {
 	c := o.c
 	m := d.Msg
 	fromQueue := d.Tag != 0
+	fl := flight{queue: d.Queue, tag: d.Tag}
+	topic := m.Topic
 	c.mu.Lock()
-	mt := c.matchLocked(m.Topic)
+	var mt match
+	var skip bool
+	retain := false
+	switch {
+	case retained:
+		// Sent for a SUBSCRIBE: RETAIN 1 [MQTT-3.3.1-8]; No Local does not
+		// apply, nor does the session queue's copy.
+		mt = c.matchLocked(m.Topic)
+		skip, retain = !mt.any, true
+	case d.Queue != "" && d.Queue != c.queue:
+		// A $queue/ or $share/ consumer.
+		so, ok := c.consumerSubLocked(d.Queue)
+		mt = match{any: ok, qos: so.qos}
+		if ok && so.kind == kindQueue {
+			topic = queuePrefix + m.Topic
+		}
+		skip = !ok
+	default:
+		mt = c.matchLocked(m.Topic)
+		skip = !mt.any || // unsubscribed since
+			(!fromQueue && mt.bound) || // the session queue carries this message
+			(mt.allNoLocal && m.Origin == c.origin) // No Local [MQTT-3.8.3-3]
+		// A live delivery has RETAIN 0 [MQTT-3.3.1-9], except to an MQTT 5
+		// subscription with Retain As Published [MQTT-3.3.1-12].
+		retain = c.v5 && mt.rap && m.Retain
+	}
 	c.mu.Unlock()
-	skip := !mt.any || // unsubscribed since
-		(!fromQueue && mt.bound) || // the session queue carries this message
-		(mt.allNoLocal && m.Origin == c.origin) || // No Local [MQTT-3.8.3-3]
-		m.Expired(now)
-	if skip {
+	if skip || m.Expired(now) {
 		if fromQueue {
-			acks = append(acks, d.Tag)
+			acks = append(acks, fl)
 		}
 		return buf, acks, true
 	}
 	pk := packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: min(m.QoS, mt.qos)},
-		TopicName:       m.Topic,
+		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: min(m.QoS, mt.qos), Dup: d.Count > 1 && min(m.QoS, mt.qos) > 0, Retain: retain},
+		TopicName:       topic,
 		Payload:         m.Body,
 		ProtocolVersion: c.cl.Properties.ProtocolVersion,
 		// MaxSize 0 and problem info allowed: otherwise mochi drops the
@@ -252,47 +365,62 @@ func (o *outbox) appendDelivery(buf []byte, pb *bytes.Buffer, acks []uint64, d e
 		pk.Properties.SubscriptionIdentifier = mt.ids
 	}
 	if pk.FixedHeader.Qos > 0 {
-		id, ok := o.allocID(d.Tag)
+		id, ok := o.allocID(fl)
 		if !ok {
 			return buf, acks, false
 		}
 		pk.PacketID = id
 	} else if fromQueue {
-		acks = append(acks, d.Tag) // QoS 0: at most once, done once written
+		acks = append(acks, fl) // QoS 0: at most once, done once written
 	}
 	pb.Reset()
 	if err := pk.PublishEncode(pb); err != nil {
 		c.log.Error().Err(err).Msg("encoding PUBLISH")
-		return buf, o.discard(acks, pk.PacketID, d.Tag), true
+		return buf, o.discard(acks, pk.PacketID, fl), true
 	}
 	if max := c.cl.Properties.Props.MaximumPacketSize; max > 0 && uint32(pb.Len()) > max {
 		// Discarded as if sent [MQTT-3.1.2-25].
 		c.log.Debug().Int("size", pb.Len()).Uint32("max", max).Msg("delivery over the client's maximum packet size discarded")
-		return buf, o.discard(acks, pk.PacketID, d.Tag), true
+		return buf, o.discard(acks, pk.PacketID, fl), true
 	}
 	return append(buf, pb.Bytes()...), acks, true
 }
 
 // discard drops an encoded delivery: its id is freed and its queue entry
 // acked.
-func (o *outbox) discard(acks []uint64, id uint16, tag uint64) []uint64 {
+func (o *outbox) discard(acks []flight, id uint16, fl flight) []flight {
 	if id != 0 {
 		o.release(id)
-		return append(acks, tag)
+		return append(acks, fl)
 	}
 	return acks // a QoS 0 queue delivery is in acks already
 }
 
-func (o *outbox) ackWritten(acks []uint64) {
-	if len(acks) == 0 {
-		return
-	}
+func (o *outbox) ackWritten(acks []flight) {
 	c := o.c
-	c.mu.Lock()
-	cons := c.cons
-	c.mu.Unlock()
-	if cons != nil {
-		_ = cons.Ack(false, acks...) // a clean session's queue is in memory
+	for len(acks) > 0 {
+		q := acks[0].queue
+		var tags []uint64
+		rest := acks[:0]
+		for _, f := range acks {
+			if f.queue == q {
+				tags = append(tags, f.tag)
+			} else {
+				rest = append(rest, f)
+			}
+		}
+		acks = rest
+		c.mu.Lock()
+		cons := c.cons[q]
+		c.mu.Unlock()
+		if cons == nil {
+			continue // unsubscribed: they went back to the queue
+		}
+		// At most once (QoS 0 or skipped): no fsync needed; a crash may
+		// deliver them again.
+		if err := cons.Ack(false, tags...); err != nil && !errors.Is(err, engine.ErrClosed) && !errors.Is(err, engine.ErrConsumerClosed) {
+			c.log.Debug().Err(err).Msg("ack of written deliveries")
+		}
 	}
 }
 

@@ -38,6 +38,10 @@ func (c *conn) message(pk *packets.Packet, now time.Time) *engine.Message {
 		Retain: pk.FixedHeader.Retain,
 		Origin: c.origin,
 	}
+	if q, ok := strings.CutPrefix(m.Topic, queuePrefix); ok {
+		// $queue/NAME is engine queue NAME (STOMP /queue/NAME).
+		m.Topic, m.ToQueue = q, true
+	}
 	if !c.v5 {
 		return m
 	}

@@ -60,9 +60,9 @@ func TestPubSubQoS5(t *testing.T) {
 			t.Fatalf("got %s %q QoS %d, want %+v", m.Topic, m.Payload, m.QoS, want)
 		}
 	}
-	// The CONNACK tells what this slice does not do.
+	// The CONNACK tells what this slice does and does not do.
 	p := sub.Connack.Properties
-	if p.MaximumQoS == nil || *p.MaximumQoS != 1 || p.RetainAvailable || p.SharedSubAvailable || sub.Connack.SessionPresent {
+	if p.MaximumQoS == nil || *p.MaximumQoS != 1 || !p.RetainAvailable || !p.SharedSubAvailable || sub.Connack.SessionPresent {
 		t.Fatalf("CONNACK properties %+v", p)
 	}
 	if p.MaximumPacketSize == nil || *p.MaximumPacketSize != 1<<20 || p.TopicAliasMaximum == nil || *p.TopicAliasMaximum != 64 {
@@ -184,7 +184,8 @@ func TestResubscribeAndUnsubscribe(t *testing.T) {
 }
 
 // Refused subscriptions get their failure code, the others in the same
-// SUBSCRIBE are granted; QoS 2 is granted as 1.
+// SUBSCRIBE are granted; QoS 2 is granted as 1; $queue/ and $share/ are
+// granted, malformed ones refused.
 func TestRefusedSubscriptions(t *testing.T) {
 	br := startBroker(t, options{})
 	c := br.dial5("c")
@@ -196,19 +197,17 @@ func TestRefusedSubscriptions(t *testing.T) {
 	if sa == nil {
 		t.Fatal(err)
 	}
-	want := []byte{1, 0x83, 0x8F}
+	want := []byte{1, 1, 0x8F}
 	if string(sa.Reasons) != string(want) {
 		t.Fatalf("SUBACK reasons %#x, want %#x", sa.Reasons, want)
 	}
-	// paho.golang will not send $share/ since CONNACK said Shared
-	// Subscription Available 0; a client that does gets 0x9E.
 	r, _ := br.dialRaw("raw", 5, packets.Properties{})
 	r.send(packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
 		PacketID:    7,
-		Filters:     packets.Subscriptions{{Filter: "$share/g/x", Qos: 1}, {Filter: "y", Qos: 0}},
+		Filters:     packets.Subscriptions{{Filter: "$share/g/x", Qos: 1}, {Filter: "y", Qos: 0}, {Filter: "$share/g", Qos: 1}, {Filter: "$queue/a+", Qos: 1}},
 	})
-	if ack := r.read(); ack.FixedHeader.Type != packets.Suback || string(ack.ReasonCodes) != "\x9e\x00" {
+	if ack := r.read(); ack.FixedHeader.Type != packets.Suback || string(ack.ReasonCodes) != "\x01\x00\x8f\x8f" {
 		t.Fatalf("got %+v", ack)
 	}
 	// MQTT 3.1.1 has one failure code.
@@ -216,7 +215,7 @@ func TestRefusedSubscriptions(t *testing.T) {
 	r3.send(packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
 		PacketID:    8,
-		Filters:     packets.Subscriptions{{Filter: "$queue/jobs", Qos: 1}, {Filter: "y", Qos: 1}},
+		Filters:     packets.Subscriptions{{Filter: "bad/#/x", Qos: 1}, {Filter: "y", Qos: 1}},
 	})
 	if ack := r3.read(); ack.FixedHeader.Type != packets.Suback || string(ack.ReasonCodes) != "\x80\x01" {
 		t.Fatalf("got %+v", ack)

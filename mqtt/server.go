@@ -20,15 +20,25 @@
 // the writer. mochi's own per-client WriteLoop goroutine, which Tandem
 // leaves idle, is stopped by mochi when its client ends but is not joined.
 //
-// This is the first slice of the adapter. Not implemented yet (see
-// docs/mqtt-design.md §8.10): persistent sessions (every session ends with
-// its connection; MQTT 5 clients are told Session Expiry Interval 0 and
-// session present is always 0), QoS 2 (refused: MQTT 5 CONNACK says
-// Maximum QoS 1 and a QoS 2 PUBLISH gets DISCONNECT 0x9B; an MQTT 3.1.1
-// connection that sends one is closed), retained messages (MQTT 5 CONNACK
-// says Retain Available 0 and a RETAIN publish gets DISCONNECT 0x9A; under
-// 3.1.1 it is delivered to current subscribers and not stored), wills
-// (ignored), $queue/ and $share/ subscriptions (refused), authentication.
+// Sessions, retained messages and competing consumers (second slice):
+//
+//   - Persistent sessions (session.go): MQTT 3.1.1 clean session 0 or an
+//     MQTT 5 Session Expiry Interval > 0 (capped by SessionExpiryMax). The
+//     QoS 1 filters are bound to the durable queue "$mqtt/<client id>";
+//     the filters and expiry are a record in the engine KV. Takeover,
+//     resume (session present 1, backlog in order within the window),
+//     clean start, expiry (timer on Config.Clock, and at startup) and
+//     restarts are handled.
+//   - $queue/NAME (publish enqueues, subscribe competes; PUBACK acks, an
+//     MQTT 5 PUBACK >= 0x80 NACKs) and $share/GROUP/FILTER (one durable
+//     group queue, protocol.SharedSubscriptionQueue).
+//   - Retained messages (retained.go) in the engine KV, with Retain
+//     Handling and Retain As Published.
+//
+// Not implemented yet (docs/mqtt-design.md §8.10): QoS 2 (refused: MQTT 5
+// CONNACK says Maximum QoS 1 and a QoS 2 PUBLISH gets DISCONNECT 0x9B; an
+// MQTT 3.1.1 connection that sends one is closed), wills (ignored),
+// authentication.
 package mqtt
 
 import (
@@ -70,10 +80,10 @@ type Config struct {
 	// the minimum gets the minimum (MQTT 5 clients are told, with Server
 	// Keep Alive; MQTT 3.1.1 clients cannot be).
 	KeepaliveMin, KeepaliveMax time.Duration
-	// SessionExpiryMax caps the session expiry interval. Persistent
-	// sessions are not implemented yet, so every session currently ends
-	// with its connection (clients are told 0); the cap applies once they
-	// are.
+	// SessionExpiryMax caps the session expiry interval of a persistent
+	// session (MQTT 5 Session Expiry Interval; an MQTT 3.1.1 clean
+	// session 0 gets the cap). 0 disables persistent sessions: every
+	// session then ends with its connection.
 	SessionExpiryMax time.Duration
 	// TopicAliasMax is the highest topic alias an MQTT 5 client may use.
 	TopicAliasMax int
@@ -91,6 +101,9 @@ type Config struct {
 	SessionQueueMaxBytes  int64
 	// ConnectTimeout bounds the time from accept to a complete CONNECT.
 	ConnectTimeout time.Duration
+	// Clock runs session expiry; nil means the real clock. Tests pass the
+	// engine's fake clock.
+	Clock engine.Clock
 }
 
 // DefaultConfig returns the defaults.
@@ -152,6 +165,16 @@ type Server struct {
 	closed    bool
 	wg        sync.WaitGroup // every goroutine the server starts
 
+	clock engine.Clock
+	// sessMu guards the persistent sessions (session.go).
+	sessMu   sync.Mutex
+	sessions map[string]*session
+	live     map[string]*conn // the connection of each client id
+
+	// retMu guards retained, the retained messages by topic (retained.go).
+	retMu    sync.RWMutex
+	retained map[string]*engine.Message
+
 	nextConn atomic.Uint64
 	// Dropped counts QoS 0 messages dropped for slow subscribers.
 	Dropped atomic.Uint64
@@ -167,18 +190,33 @@ func NewServer(b *engine.Broker, cfg Config, log zerolog.Logger) (*Server, error
 		b: b, cfg: cfg, log: log,
 		listeners: make(map[net.Listener]struct{}),
 		netConns:  make(map[net.Conn]*conn),
+		clock:     cfg.Clock,
+		sessions:  make(map[string]*session),
+		live:      make(map[string]*conn),
+		retained:  make(map[string]*engine.Message),
+	}
+	if s.clock == nil {
+		s.clock = engine.RealClock{}
+	}
+	if err := s.loadSessions(); err != nil {
+		return nil, err
+	}
+	if err := s.loadRetained(); err != nil {
+		return nil, err
 	}
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(cfg.MaxPacketSize)
 	caps.ReceiveMaximum = uint16(cfg.ReceiveMaximum)
 	caps.MaximumInflight = uint16(cfg.MaxInflight)
 	caps.TopicAliasMaximum = uint16(cfg.TopicAliasMax)
-	caps.MaximumQos = 1                   // QoS 2 is not implemented yet
-	caps.MaximumSessionExpiryInterval = 0 // persistent sessions are not implemented yet
+	caps.MaximumQos = 1 // QoS 2 is not implemented yet
+	// mochi forgets every client when it disconnects: sessions are
+	// Tandem's (session.go), and CONNACK tells the granted expiry.
+	caps.MaximumSessionExpiryInterval = 0
 	caps.MaximumMessageExpiryInterval = 0 // no cap (mochi applies it only to what it holds)
 	caps.MaximumClientWritesPending = 1   // mochi's outbound channel is never used
-	caps.RetainAvailable = 0              // not implemented yet
-	caps.SharedSubAvailable = 0           // not implemented yet
+	caps.RetainAvailable = 1              // Tandem's (retained.go); mochi's index stays empty
+	caps.SharedSubAvailable = 1           // Tandem's: $share/ group queues
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	s.ms = mochi.New(&mochi.Options{
 		Capabilities:            caps,
@@ -335,6 +373,7 @@ func (s *Server) Close() error {
 		nc.Close()
 	}
 	s.wg.Wait()
+	s.stopSessions()
 	if err := s.ms.Close(); err != nil {
 		errs = append(errs, err)
 	}
