@@ -57,14 +57,19 @@ type MQTTConfig struct {
 	// KeepaliveMin and KeepaliveMax bound the client's keepalive.
 	KeepaliveMin time.Duration `yaml:"keepalive_min"`
 	KeepaliveMax time.Duration `yaml:"keepalive_max"`
+	// SessionExpiryMax caps a persistent session's expiry interval (MQTT
+	// 3.1.1 clean session 0 gets this).
+	SessionExpiryMax time.Duration `yaml:"session_expiry_max"`
 	// TopicAliasMax is the highest topic alias an MQTT 5 client may use.
 	TopicAliasMax int `yaml:"topic_alias_max"`
 	// MaxSubscriptions bounds one connection's filters.
 	MaxSubscriptions int `yaml:"max_subscriptions"`
 	// TopicBuffer bounds one connection's waiting QoS 0 messages.
 	TopicBuffer int `yaml:"topic_buffer"`
-	// SessionQueueMaxLength and SessionQueueMaxBytes bound a connection's
-	// in-memory QoS 1 backlog (oldest dropped past them).
+	// SessionQueueMaxLength and SessionQueueMaxBytes bound a session's
+	// QoS 1 backlog: a clean session's in memory (oldest dropped past
+	// them), a persistent session's on disk (oldest dead-lettered into
+	// mqtt.dlq past them).
 	SessionQueueMaxLength int64    `yaml:"session_queue_max_length"`
 	SessionQueueMaxBytes  ByteSize `yaml:"session_queue_max_bytes"`
 	// ConnectTimeout bounds accept-to-CONNECT.
@@ -220,6 +225,7 @@ func (c *Config) EnsureDefaults() {
 	setDefault(&c.MQTT.MaxInflight, md.MaxInflight)
 	setDefault(&c.MQTT.KeepaliveMin, md.KeepaliveMin)
 	setDefault(&c.MQTT.KeepaliveMax, md.KeepaliveMax)
+	setDefault(&c.MQTT.SessionExpiryMax, md.SessionExpiryMax)
 	setDefault(&c.MQTT.TopicAliasMax, md.TopicAliasMax)
 	setDefault(&c.MQTT.MaxSubscriptions, md.MaxSubscriptions)
 	setDefault(&c.MQTT.TopicBuffer, md.TopicBuffer)
@@ -283,6 +289,7 @@ func (m MQTTConfig) serverConfig() mqtt.Config {
 	c.MaxPacketSize = int(min(m.MaxPacketSize, 1<<40))
 	c.ReceiveMaximum, c.MaxInflight = m.ReceiveMaximum, m.MaxInflight
 	c.KeepaliveMin, c.KeepaliveMax = m.KeepaliveMin, m.KeepaliveMax
+	c.SessionExpiryMax = m.SessionExpiryMax
 	c.TopicAliasMax = m.TopicAliasMax
 	c.MaxSubscriptions, c.TopicBuffer = m.MaxSubscriptions, m.TopicBuffer
 	c.SessionQueueMaxLength, c.SessionQueueMaxBytes = m.SessionQueueMaxLength, int64(m.SessionQueueMaxBytes)

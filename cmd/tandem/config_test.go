@@ -40,6 +40,8 @@ func TestDefaults(t *testing.T) {
 		{"log.format", c.Log.Format, "auto"},
 		{"storage.sync", *c.Storage.Sync, true},
 		{"queues.default", c.Queues.Default.policy(), engine.DefaultPolicy()},
+		{"mqtt.session_expiry_max", c.MQTT.SessionExpiryMax, 7 * 24 * time.Hour},
+		{"mqtt.session_expiry_max mapped", c.MQTT.serverConfig().SessionExpiryMax, 7 * 24 * time.Hour},
 	}
 	for _, ch := range checks {
 		if !reflect.DeepEqual(ch.got, ch.want) {
