@@ -478,3 +478,45 @@ func TestDeleteQueueDuringPublishLeavesNoOrphans(t *testing.T) {
 		t.Fatalf("%d entries of the deleted queue left in the store", n)
 	}
 }
+
+// TestTopicPublishSkipsQueueDeletedMidRoute deletes and re-creates a bound
+// queue while a publisher publishes to its topic: a queue deleted between
+// routing and reserving is skipped, never an error for the publisher.
+func TestTopicPublishSkipsQueueDeletedMidRoute(t *testing.T) {
+	b, err := engine.Open(memstore.New(), engine.Config{Clock: engine.NewFakeClock(epoch)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	stop := make(chan struct{})
+	churned := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				churned <- nil
+				return
+			default:
+			}
+			if err := b.DurableSubscription("sub", "t/#", engine.QueueOptions{}); err != nil {
+				churned <- err
+				return
+			}
+			if err := b.DeleteQueue("sub"); err != nil {
+				churned <- err
+				return
+			}
+		}
+	}()
+	for i := range 3000 {
+		if err := b.Publish(&engine.Message{Topic: "t/x", Body: []byte("m"), QoS: 1}); err != nil {
+			close(stop)
+			<-churned
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	close(stop)
+	if err := <-churned; err != nil {
+		t.Fatal(err)
+	}
+}

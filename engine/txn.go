@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 )
@@ -297,6 +298,13 @@ func (tx *Txn) reserveOne(sc *scratch, m *Message, now int64, effs *[]queueEffec
 		q.mu.Unlock()
 		if !fx.empty() {
 			*effs = append(*effs, queueEffects{q, fx})
+		}
+		if err != nil && !m.ToQueue && errors.Is(err, ErrNoQueue) {
+			// A bound queue deleted since routing: the message was routed
+			// before the delete took effect, and routing it again now would
+			// not reach that queue either. Skip it, as if routed a moment
+			// later; the publisher did nothing wrong.
+			continue
 		}
 		if err != nil {
 			for _, p := range sc.places[places:] {

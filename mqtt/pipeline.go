@@ -113,7 +113,6 @@ func (p *pipeline) commit(batch []pubItem) {
 			i++
 		}
 	}
-	p.retryVanished(batch, errs)
 	if err := c.s.storeRetained(batch, errs); err != nil {
 		// The publishes went out but their retained state is not stored:
 		// they are not acked (v5: 0x80; v3: the connection closes), so
@@ -143,36 +142,6 @@ func (p *pipeline) commit(batch []pubItem) {
 		}
 		if !p.ack(it, err) {
 			failed = true
-		}
-	}
-}
-
-// retryVanished publishes again, in order, the topic publishes the engine
-// refused with ErrNoQueue: a queue bound to the topic was deleted between
-// routing and placing (a session that ended, a group whose last member
-// left). The engine leaves a refused publish out entirely, and the deleted
-// queue is no longer routed, so the retry neither duplicates nor fails for
-// the same reason; it may place the message after later publishes of the
-// same batch. A few attempts, then the refusal stands.
-func (p *pipeline) retryVanished(batch []pubItem, errs []error) {
-	for range 3 {
-		var idx []int
-		tx := p.c.s.b.BeginBatch()
-		for k, it := range batch {
-			if it.m != nil && !it.m.ToQueue && errors.Is(errs[k], engine.ErrNoQueue) {
-				_ = tx.Publish(it.m)
-				idx = append(idx, k)
-			}
-		}
-		if len(idx) == 0 {
-			tx.Abort()
-			return
-		}
-		if err := tx.Commit(); err != nil && !errors.Is(err, engine.ErrClosed) {
-			p.c.log.Error().Err(err).Int("publishes", len(idx)).Msg("commit")
-		}
-		for j, k := range idx {
-			errs[k] = tx.PublishErr(j)
 		}
 	}
 }
