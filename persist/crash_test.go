@@ -111,9 +111,13 @@ func crashOnce(t *testing.T, unsyncedPercent int, seed int64) {
 	for body := range acked {
 		mustAbsent[body] = true
 	}
-	mu.Unlock()
-	// Everything recorded above finished before the clone is taken.
+	// The clone is taken with mu held: the consumer records an ack as
+	// started (under mu) before it sends it, so no ack can begin between
+	// computing the sets above and the crash. (Taking the clone after
+	// unlocking let an ack of a message counted as "must be present" land
+	// first, and the test then reported it as lost.)
 	clone := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: unsyncedPercent, RNG: rand.New(rand.NewPCG(uint64(seed), 1))})
+	mu.Unlock()
 	close(stop)
 	wg.Wait()
 	closeBroker(t, b, st)
