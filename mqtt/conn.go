@@ -32,9 +32,14 @@ type conn struct {
 
 	// Session, fixed at CONNECT: sess is nil for a clean session.
 	sess      *session
-	present   bool   // CONNACK session present
-	reqExpiry uint32 // MQTT 5 Session Expiry Interval asked for
-	expiry    uint32 // granted (capped)
+	present   bool        // CONNACK session present
+	reqExpiry uint32      // MQTT 5 Session Expiry Interval asked for
+	expiry    uint32      // granted (capped)
+	will      *willRecord // the CONNECT's will, stored; nil for none
+
+	// normal is set by a DISCONNECT that discards the will (MQTT 3.1.1, or
+	// MQTT 5 reason 0x00).
+	normal atomic.Bool
 
 	pipe *pipeline
 	out  *outbox
@@ -148,6 +153,7 @@ func (c *conn) teardown() {
 		if started {
 			c.pipe.close()
 		}
+		c.endWill() // after the connection's own publishes
 		if topic != nil {
 			topic.Close()
 		}

@@ -56,6 +56,14 @@ func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 		cl.State.ServerKeepalive = cl.Properties.ProtocolVersion == 5
 	}
 	c := newConn(h.s, cl)
+	if pk.Connect.WillFlag && !validWillTopic(pk.Connect.WillTopic) {
+		code := packets.ErrTopicNameInvalid
+		if !c.v5 {
+			code = packets.Err3ServerUnavailable // MQTT 3.1.1 has no better code
+		}
+		_ = h.s.ms.SendConnack(cl, code, false, nil)
+		return code
+	}
 	clean := pk.Connect.Clean
 	maxExpiry := uint32(cfg.SessionExpiryMax / time.Second)
 	if c.v5 {
@@ -79,6 +87,15 @@ func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 		return err
 	}
 	c.present = present
+	if err := h.s.connectWill(c, &pk, present); err != nil {
+		c.log.Error().Err(err).Msg("storing will")
+		code := packets.ErrServerUnavailable
+		if !c.v5 {
+			code = packets.Err3ServerUnavailable
+		}
+		_ = h.s.ms.SendConnack(cl, code, false, nil)
+		return err
+	}
 	// mochi then forgets the client when it disconnects; for MQTT 5, the
 	// session expiry cap of 0 (NewServer) does the same.
 	cl.Properties.Clean = true
@@ -105,11 +122,9 @@ func (h *hook) OnDisconnect(cl *mochi.Client, _ error, _ bool) {
 	}
 }
 
-// OnWill drops the will: wills are not implemented yet.
-func (h *hook) OnWill(cl *mochi.Client, w mochi.Will) (mochi.Will, error) {
-	if w.TopicName != "" {
-		h.s.log.Debug().Str("client", cl.ID).Msg("will not published: wills are not implemented yet")
-	}
+// OnWill tells mochi to publish nothing: Tandem publishes wills itself
+// through the engine (will.go), from the connection's teardown.
+func (h *hook) OnWill(*mochi.Client, mochi.Will) (mochi.Will, error) {
 	return mochi.Will{}, nil
 }
 
@@ -143,6 +158,12 @@ func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet
 		// goes (teardown waits for them too; this keeps their order with
 		// mochi's DISCONNECT handling).
 		c.pipe.barrier()
+		// Only a normal DISCONNECT discards the will; MQTT 5 0x04
+		// (Disconnect with Will Message) or any other reason publishes it.
+		// A new expiry when CONNECT asked for 0 is a protocol error
+		// (mochi closes the connection [MQTT-3.14.2-2]): the will goes too.
+		badExpiry := c.v5 && pk.Properties.SessionExpiryIntervalFlag && pk.Properties.SessionExpiryInterval > 0 && c.reqExpiry == 0
+		c.normal.Store((!c.v5 || pk.ReasonCode == packets.CodeSuccess.Code) && !badExpiry)
 		if c.v5 && pk.Properties.SessionExpiryIntervalFlag && c.reqExpiry > 0 {
 			// A new expiry for the session (capped). mochi is not shown it:
 			// it believes the expiry is 0 and would call this a protocol

@@ -31,18 +31,24 @@ const queuePrefix = "$queue/"
 //	Payload Format          mqtt-payload-format
 //	User Property k=v       k=v, order and repeats kept
 func (c *conn) message(pk *packets.Packet, now time.Time) *engine.Message {
+	return pubMessage(pk, c.v5, c.origin, now)
+}
+
+// pubMessage is message for a connection of the given version and origin
+// (also used for wills, whose connection may be gone).
+func pubMessage(pk *packets.Packet, v5 bool, origin string, now time.Time) *engine.Message {
 	m := &engine.Message{
 		Topic:  pk.TopicName,
 		Body:   pk.Payload,
 		QoS:    pk.FixedHeader.Qos,
 		Retain: pk.FixedHeader.Retain,
-		Origin: c.origin,
+		Origin: origin,
 	}
 	if q, ok := strings.CutPrefix(m.Topic, queuePrefix); ok {
 		// $queue/NAME is engine queue NAME (STOMP /queue/NAME).
 		m.Topic, m.ToQueue = q, true
 	}
-	if !c.v5 {
+	if !v5 {
 		return m
 	}
 	p := &pk.Properties

@@ -37,8 +37,12 @@
 //
 // Not implemented yet (docs/mqtt-design.md §8.10): QoS 2 (refused: MQTT 5
 // CONNACK says Maximum QoS 1 and a QoS 2 PUBLISH gets DISCONNECT 0x9B; an
-// MQTT 3.1.1 connection that sends one is closed), wills (ignored),
-// authentication.
+// MQTT 3.1.1 connection that sends one is closed), authentication.
+//
+// Wills (will.go) are stored in the engine KV at CONNECT and published
+// through the engine when a connection ends without a normal DISCONNECT,
+// after their Will Delay Interval (Config.Clock) unless the session
+// resumes; wills left by a stopped broker are published at the next start.
 package mqtt
 
 import (
@@ -175,6 +179,10 @@ type Server struct {
 	retMu    sync.RWMutex
 	retained map[string]*engine.Message
 
+	// willMu guards wills, the wills waiting for their delay (will.go).
+	willMu sync.Mutex
+	wills  map[string]*pendingWill
+
 	nextConn atomic.Uint64
 	// Dropped counts QoS 0 messages dropped for slow subscribers.
 	Dropped atomic.Uint64
@@ -194,6 +202,7 @@ func NewServer(b *engine.Broker, cfg Config, log zerolog.Logger) (*Server, error
 		sessions:  make(map[string]*session),
 		live:      make(map[string]*conn),
 		retained:  make(map[string]*engine.Message),
+		wills:     make(map[string]*pendingWill),
 	}
 	if s.clock == nil {
 		s.clock = engine.RealClock{}
@@ -202,6 +211,9 @@ func NewServer(b *engine.Broker, cfg Config, log zerolog.Logger) (*Server, error
 		return nil, err
 	}
 	if err := s.loadRetained(); err != nil {
+		return nil, err
+	}
+	if err := s.loadWills(); err != nil {
 		return nil, err
 	}
 	caps := mochi.NewDefaultServerCapabilities()
@@ -374,6 +386,7 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	s.stopSessions()
+	s.stopWills()
 	if err := s.ms.Close(); err != nil {
 		errs = append(errs, err)
 	}
