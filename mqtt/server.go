@@ -60,6 +60,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 	"github.com/tandem-mq/tandem/engine"
+	"github.com/tandem-mq/tandem/protocol"
 )
 
 // ErrServerClosed is returned by Serve after Close.
@@ -256,33 +257,17 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
-	var backoff time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn().Err(err).Dur("retry_in", backoff).Msg("accept")
-				t := time.NewTimer(backoff)
-				<-t.C
-				continue
-			}
-			return err
-		}
-		backoff = 0
+	err := protocol.AcceptLoop(ln, s.log, s.isClosed, func(nc net.Conn) {
 		if !s.register(nc) {
 			nc.Close()
-			continue
+			return
 		}
 		go s.serveConn(nc)
+	})
+	if err == nil {
+		return ErrServerClosed
 	}
+	return err
 }
 
 // register records an accepted connection; false once the server is closed.
@@ -426,4 +411,11 @@ func (h quietHandler) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h quietHandler) WithGroup(name string) slog.Handler {
 	return quietHandler{h.Handler.WithGroup(name)}
+}
+
+// isClosed reports whether Close has begun.
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }

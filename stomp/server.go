@@ -20,6 +20,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/tandem-mq/tandem/engine"
+	"github.com/tandem-mq/tandem/protocol"
 )
 
 // ErrServerClosed is returned by Serve after Close.
@@ -134,31 +135,15 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
-	var backoff time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn().Err(err).Dur("retry_in", backoff).Msg("accept")
-				t := time.NewTimer(backoff)
-				<-t.C
-				continue
-			}
-			return err
-		}
-		backoff = 0
+	err := protocol.AcceptLoop(ln, s.log, s.isClosed, func(nc net.Conn) {
 		if !s.start(nc) {
 			nc.Close()
 		}
+	})
+	if err == nil {
+		return ErrServerClosed
 	}
+	return err
 }
 
 // ServeConn serves one already accepted connection (a WebSocket carrying
@@ -235,4 +220,11 @@ func (s *Server) Conns() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.conns)
+}
+
+// isClosed reports whether Close has begun.
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }
