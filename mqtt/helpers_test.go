@@ -237,6 +237,16 @@ func (br *broker) dialRaw(id string, version byte, props packets.Properties) (*r
 }
 
 func (br *broker) dialRawClean(id string, version byte, clean bool, props packets.Properties) (*raw, packets.Packet) {
+	br.t.Helper()
+	return br.dialConnect(id, version, func(pk *packets.Packet) {
+		pk.Connect.Clean = clean
+		pk.Properties = props
+	})
+}
+
+// dialConnect opens a raw connection and sends a CONNECT (clean, keepalive
+// 30) that mod may change; it fails the test unless the CONNACK succeeds.
+func (br *broker) dialConnect(id string, version byte, mod func(*packets.Packet)) (*raw, packets.Packet) {
 	t := br.t
 	t.Helper()
 	nc, err := net.Dial("tcp", br.addr)
@@ -250,18 +260,48 @@ func (br *broker) dialRawClean(id string, version byte, clean bool, props packet
 	if version == 3 {
 		name = "MQIsdp"
 	}
-	c.send(packets.Packet{
+	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Connect},
 		Connect: packets.ConnectParams{
-			ProtocolName: []byte(name), Clean: clean, Keepalive: 30, ClientIdentifier: id,
+			ProtocolName: []byte(name), Clean: true, Keepalive: 30, ClientIdentifier: id,
 		},
-		Properties: props,
-	})
+	}
+	if mod != nil {
+		mod(&pk)
+	}
+	c.send(pk)
 	ack := c.read()
 	if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
 		t.Fatalf("CONNECT answered with %+v", ack)
 	}
 	return c, ack
+}
+
+// waitUntil polls cond until it holds, failing the test with what after
+// waitTimeout. Paho sends acks and DISCONNECTs after its calls return, so
+// some states can only be waited for this way.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(waitTimeout)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatal("timed out waiting for " + what)
+		}
+	}
+}
+
+// queueInfo returns queue's state, failing the test if it has none.
+func queueInfo(t *testing.T, b *engine.Broker, queue string) engine.QueueInfo {
+	t.Helper()
+	q, err := b.QueueInfo(queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q
 }
 
 func (c *raw) send(pk packets.Packet) {

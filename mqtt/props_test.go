@@ -215,10 +215,8 @@ func TestCloseJoinsGoroutines(t *testing.T) {
 	}
 	s3.next(t)
 	s5.next(t)
-	deadline := time.Now().Add(waitTimeout)
-	for br.srv.Conns() < 4 && time.Now().Before(deadline) {
-		runtime.Gosched() // the bare TCP connection is being accepted
-	}
+	// the bare TCP connection is being accepted
+	waitUntil(t, "4 connections", func() bool { return br.srv.Conns() >= 4 })
 	if err := br.srv.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +225,7 @@ func TestCloseJoinsGoroutines(t *testing.T) {
 	}
 	// A goroutine that has called its WaitGroup's Done may still be on
 	// its way out (returning); one that is blocked never gets out.
-	deadline = time.Now().Add(waitTimeout)
+	deadline := time.Now().Add(waitTimeout)
 	for left := ourGoroutines(); len(left) > 0; left = ourGoroutines() {
 		if time.Now().After(deadline) {
 			t.Fatalf("goroutines left after Close:\n%s", strings.Join(left, "\n\n"))

@@ -20,23 +20,7 @@ func timeout() <-chan time.Time { return time.After(waitTimeout) }
 // are sent after their handler returns, so the test polls for them).
 func waitEmpty(t *testing.T, b *engine.Broker, queue string) {
 	t.Helper()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(waitTimeout)
-	for {
-		q, err := b.QueueInfo(queue)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if q.Messages == 0 {
-			return
-		}
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("queue %s still holds %+v", queue, q)
-		}
-	}
+	waitUntil(t, "queue "+queue+" to empty", func() bool { return queueInfo(t, b, queue).Messages == 0 })
 }
 
 // $queue/NAME: a publish enqueues into engine queue NAME (where a STOMP

@@ -39,23 +39,7 @@ func waitReleased(t *testing.T, b *engine.Broker, id string) {
 // waitUnconsumed waits until queue has no consumer.
 func waitUnconsumed(t *testing.T, b *engine.Broker, queue string) {
 	t.Helper()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(waitTimeout)
-	for {
-		q, err := b.QueueInfo(queue)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if q.Consumers == 0 {
-			return
-		}
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("queue %s still consumed", queue)
-		}
-	}
+	waitUntil(t, "queue "+queue+" to lose its consumers", func() bool { return queueInfo(t, b, queue).Consumers == 0 })
 }
 
 func sessionRecords(t *testing.T, b *engine.Broker) []string {

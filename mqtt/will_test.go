@@ -15,50 +15,20 @@ import (
 // dialWill connects a raw client with a will on topic "dev/status"
 // (payload "gone", QoS 1) and the given CONNECT changes.
 func (br *broker) dialWill(id string, version byte, mod func(*packets.Packet)) *raw {
-	t := br.t
-	t.Helper()
-	nc, err := net.Dial("tcp", br.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	_ = nc.SetDeadline(time.Now().Add(waitTimeout))
-	c := &raw{t: t, nc: nc, r: bufio.NewReader(nc), v: version}
-	name := "MQTT"
-	if version == 3 {
-		name = "MQIsdp"
-	}
-	pk := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Connect},
-		Connect: packets.ConnectParams{
-			ProtocolName: []byte(name), Clean: true, Keepalive: 30, ClientIdentifier: id,
-			WillFlag: true, WillTopic: "dev/status", WillPayload: []byte("gone"), WillQos: 1,
-		},
-	}
-	if mod != nil {
-		mod(&pk)
-	}
-	c.send(pk)
-	ack := c.read()
-	if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
-		t.Fatalf("CONNECT answered with %+v", ack)
-	}
+	br.t.Helper()
+	c, _ := br.dialConnect(id, version, func(pk *packets.Packet) {
+		pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload, pk.Connect.WillQos = true, "dev/status", []byte("gone"), 1
+		if mod != nil {
+			mod(pk)
+		}
+	})
 	return c
 }
 
 // waitNoConns waits until the server has torn every connection down.
 func waitNoConns(t *testing.T, srv *mqtt.Server) {
 	t.Helper()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(waitTimeout)
-	for srv.Conns() != 0 {
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatal("connections not torn down")
-		}
-	}
+	waitUntil(t, "connections torn down", func() bool { return srv.Conns() == 0 })
 }
 
 // engineSub subscribes an engine (STOMP-style) subscriber to filter.
