@@ -120,27 +120,12 @@ func runQueue(ctx context.Context, cfg queueConfig) (queueResult, error) {
 		tl.add(now)
 	}
 
-	stop := make(chan struct{})
-	var consumers sync.WaitGroup
-	subscribed := make([]chan struct{}, cfg.consumers)
-	for i := range cfg.consumers {
-		subscribed[i] = make(chan struct{})
-		k := &consumer{id: i, broker: cfg.broker, dest: cfg.dest, prefetch: cfg.prefetch, l: l, first: first}
-		consumers.Go(func() {
-			if err := k.run(ctx, stop, subscribed[i]); err != nil {
-				fail(err)
-			}
-		})
-	}
-	stopConsumers := sync.OnceFunc(func() { close(stop); consumers.Wait() })
+	stopConsumers, err := startConsumers(ctx, cfg.consumers, func(i int) *consumer {
+		return &consumer{id: i, broker: cfg.broker, dest: cfg.dest, prefetch: cfg.prefetch, l: l, first: first}
+	}, fail)
 	defer stopConsumers()
-	for i := range subscribed {
-		select {
-		case <-subscribed[i]:
-		case <-ctx.Done():
-			stopConsumers()
-			return res, fmt.Errorf("consumers did not subscribe: %v (%v)", context.Cause(ctx), res.Errors)
-		}
+	if err != nil {
+		return res, fmt.Errorf("%w (%v)", err, res.Errors)
 	}
 
 	start := time.Now()

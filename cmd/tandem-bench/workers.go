@@ -264,3 +264,31 @@ func (k *consumer) run(ctx context.Context, stop <-chan struct{}, subscribed cha
 		}
 	}
 }
+
+// startConsumers starts n consumers made by mk and waits until each has
+// subscribed. The returned stop ends them and waits for them; it may be
+// called more than once. Errors of running consumers go to fail.
+func startConsumers(ctx context.Context, n int, mk func(i int) *consumer, fail func(error)) (stop func(), err error) {
+	done := make(chan struct{})
+	var consumers sync.WaitGroup
+	subscribed := make([]chan struct{}, n)
+	for i := range n {
+		subscribed[i] = make(chan struct{})
+		k := mk(i)
+		consumers.Go(func() {
+			if err := k.run(ctx, done, subscribed[i]); err != nil {
+				fail(err)
+			}
+		})
+	}
+	stop = sync.OnceFunc(func() { close(done); consumers.Wait() })
+	for i := range subscribed {
+		select {
+		case <-subscribed[i]:
+		case <-ctx.Done():
+			stop()
+			return stop, fmt.Errorf("consumers did not subscribe: %v", context.Cause(ctx))
+		}
+	}
+	return stop, nil
+}
