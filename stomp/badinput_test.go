@@ -247,12 +247,15 @@ func TestCloseEndsEveryGoroutine(t *testing.T) {
 	for _, nc := range append(raws, half.nc, idle.nc) {
 		nc.Close()
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(5 * time.Second)
 	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
+		select {
+		case <-tick.C:
+		case <-deadline:
 			buf := make([]byte, 1<<20)
 			t.Fatalf("%d goroutines before, %d after Close:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
 		}
-		time.Sleep(10 * time.Millisecond) // polling
 	}
 }
