@@ -44,9 +44,13 @@ type conn struct {
 	pipe *pipeline
 	out  *outbox
 
-	// inQoS counts QoS 1 publishes read and not yet acked (MQTT 5 Receive
-	// Maximum [MQTT-3.3.4-7]).
+	// inQoS counts QoS 1 publishes read and not yet acked, and QoS 2 ones
+	// not yet completed (MQTT 5 Receive Maximum [MQTT-3.3.4-7]).
 	inQoS atomic.Int32
+	// q2in are the inbound QoS 2 ids awaiting PUBREL (qos2.go); a
+	// persistent session's map is the session's.
+	q2mu sync.Mutex
+	q2in map[uint16]bool
 
 	mu   sync.Mutex
 	subs map[string]subOpts
@@ -98,6 +102,7 @@ func newConn(s *Server, cl *mochi.Client) *conn {
 		origin: "mqtt:" + cl.ID,
 		subs:   make(map[string]subOpts),
 		cons:   make(map[string]*engine.Consumer),
+		q2in:   make(map[uint16]bool),
 		gone:   make(chan struct{}),
 	}
 	c.log = s.log.With().Str("client", cl.ID).Str("remote", cl.Net.Remote).Logger()
@@ -192,25 +197,21 @@ func (c *conn) disconnect(code packets.Code) {
 	c.cl.Stop(code)
 }
 
-// checkPublish refuses, before mochi handles it, a PUBLISH this slice
-// cannot honour: QoS 2, RETAIN under MQTT 5, or over Receive Maximum.
+// checkPublish refuses, before mochi handles it, a PUBLISH over Receive
+// Maximum, and answers one to $SYS itself.
 func (c *conn) checkPublish(pk packets.Packet) (packets.Packet, error) {
+	qos := pk.FixedHeader.Qos
+	resent := qos == 2 && c.hasReceived(pk.PacketID) // answered again, not counted
 	switch {
-	case pk.FixedHeader.Qos > 1:
-		// MQTT 5: CONNACK said Maximum QoS 1, so this is a protocol error
-		// [MQTT-3.2.2-11]. MQTT 3.1.1 has no way to refuse it: close.
-		c.log.Debug().Msg("QoS 2 publish refused: QoS 2 is not implemented yet")
-		c.disconnect(packets.ErrQosNotSupported)
-		return pk, packets.ErrRejectPacket
-	case pk.FixedHeader.Qos == 1 && c.v5 && int(c.inQoS.Load()) >= c.s.cfg.ReceiveMaximum:
+	case qos > 0 && !resent && c.v5 && int(c.inQoS.Load()) >= c.s.cfg.ReceiveMaximum:
 		c.disconnect(packets.ErrReceiveMaximum)
 		return pk, packets.ErrRejectPacket
-	case pk.FixedHeader.Qos == 1 && isSysTopic(pk.TopicName):
+	case qos > 0 && isSysTopic(pk.TopicName):
 		// mochi drops a publish to $SYS without an ack, leaving a QoS 1
-		// publisher waiting for ever: refuse it here, in order with the
-		// other acks (v5 0x87; v3 acked and dropped).
+		// or 2 publisher waiting for ever: refuse it here, in order with
+		// the other acks (v5 0x87; v3 acked and dropped).
 		c.inQoS.Add(1)
-		c.pipe.push(pubItem{qos: 1, pid: pk.PacketID, err: errSysTopic})
+		c.pipe.push(pubItem{qos: qos, pid: pk.PacketID, err: errSysTopic})
 		return handled(pk), nil
 	}
 	return pk, nil
@@ -228,11 +229,17 @@ func isSysTopic(topic string) bool {
 // publish hands a PUBLISH to the pipeline (blocking while it is full,
 // which stops this connection's reads).
 func (c *conn) publish(pk packets.Packet) {
-	m := c.message(&pk, time.Now())
-	if pk.FixedHeader.Qos > 0 {
+	qos := pk.FixedHeader.Qos
+	if qos == 2 && c.received(pk.PacketID) {
+		// A re-send of a publish awaiting PUBREL: PUBREC again, in order,
+		// and nothing published [MQTT-4.3.3-10].
+		c.pipe.push(pubItem{qos: 2, pid: pk.PacketID, resent: true})
+		return
+	}
+	if qos > 0 {
 		c.inQoS.Add(1)
 	}
-	c.pipe.push(pubItem{m: m, qos: pk.FixedHeader.Qos, pid: pk.PacketID})
+	c.pipe.push(pubItem{m: c.message(&pk, time.Now()), qos: qos, pid: pk.PacketID})
 }
 
 // subscribe handles a valid SUBSCRIBE: engine state for each filter, the
@@ -276,6 +283,9 @@ func (c *conn) restore() {
 	ss := c.sess
 	if ss == nil {
 		return
+	}
+	if c.present {
+		c.out.resumeQoS2() // PUBRELs first, and the ids of QoS 2 resends
 	}
 	c.s.sessMu.Lock()
 	subs := append([]subRecord(nil), ss.rec.Subs...)
@@ -352,7 +362,7 @@ func (c *conn) subscribeOne(f packets.Subscription) byte {
 	if full {
 		return packets.ErrQuotaExceeded.Code
 	}
-	qos := min(f.Qos, 1)
+	qos := min(f.Qos, 2)
 	opts := subOpts{qos: qos, noLocal: f.NoLocal, rap: f.RetainAsPublished, id: f.Identifier, kind: kind, queue: queue}
 	var err error
 	switch {
@@ -565,7 +575,7 @@ func (c *conn) unsubscribe(pk packets.Packet) {
 // code of 0x80 or more refuses it: the message comes back (NACK), or goes
 // to its queue's dead-letter queue after max_deliveries.
 func (c *conn) clientPuback(pk packets.Packet) {
-	fl, ok := c.out.release(pk.PacketID)
+	fl, ok := c.out.puback(pk.PacketID)
 	if !ok {
 		return // not ours, or already completed
 	}

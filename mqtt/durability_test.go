@@ -117,33 +117,6 @@ func TestRefusedPublishReasonCode(t *testing.T) {
 	}
 }
 
-// QoS 2 is not in this slice: an MQTT 5 client was told Maximum QoS 1, so
-// a QoS 2 PUBLISH is a protocol error, answered with DISCONNECT 0x9B; an
-// MQTT 3.1.1 connection, which has no way to be told, is closed. Nothing
-// is published either way.
-func TestQoS2Refused(t *testing.T) {
-	br := startBroker(t, options{})
-	if err := br.b.DurableSubscription("q2", "two", engine.QueueOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	c5, _ := br.dialRaw("c5", 5, packets.Properties{})
-	c5.publish("two", 2, 1, "x")
-	if pk := c5.read(); pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != 0x9B {
-		t.Fatalf("got %+v, want DISCONNECT 0x9B", pk)
-	}
-	if _, err := c5.tryRead(); err == nil {
-		t.Fatal("connection still open")
-	}
-	c3, _ := br.dialRaw("c3", 4, packets.Properties{})
-	c3.publish("two", 2, 1, "x")
-	if pk, err := c3.tryRead(); err == nil {
-		t.Fatalf("got %+v, want the connection closed", pk)
-	}
-	if q, _ := br.b.QueueInfo("q2"); q.Messages != 0 {
-		t.Fatalf("a refused QoS 2 publish was published")
-	}
-}
-
 // An MQTT 5 client over the server's Receive Maximum is disconnected with
 // 0x93 [MQTT-3.3.4-7]. The store holds the commits so that no PUBACK frees
 // a slot meanwhile.

@@ -316,6 +316,13 @@ func (c *raw) send(pk packets.Packet) {
 		err = pk.PublishEncode(&buf)
 	case packets.Puback:
 		err = pk.PubackEncode(&buf)
+	case packets.Pubrec:
+		err = pk.PubrecEncode(&buf)
+	case packets.Pubrel:
+		pk.FixedHeader.Qos = 1 // the fixed header flags PUBREL requires
+		err = pk.PubrelEncode(&buf)
+	case packets.Pubcomp:
+		err = pk.PubcompEncode(&buf)
 	case packets.Subscribe:
 		err = pk.SubscribeEncode(&buf)
 	case packets.Pingreq:
@@ -367,6 +374,12 @@ func (c *raw) tryRead() (packets.Packet, error) {
 		err = pk.PublishDecode(body)
 	case packets.Puback:
 		err = pk.PubackDecode(body)
+	case packets.Pubrec:
+		err = pk.PubrecDecode(body)
+	case packets.Pubrel:
+		err = pk.PubrelDecode(body)
+	case packets.Pubcomp:
+		err = pk.PubcompDecode(body)
 	case packets.Suback:
 		err = pk.SubackDecode(body)
 	case packets.Disconnect:
@@ -397,6 +410,21 @@ func (c *raw) subscribe(id uint16, filter string, qos byte) {
 
 func (c *raw) puback(id uint16) {
 	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: id})
+}
+
+// ack sends a PUBACK, PUBREC, PUBREL or PUBCOMP.
+func (c *raw) ack(typ byte, id uint16) {
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: id})
+}
+
+// expect reads one packet and checks its type, id and reason code.
+func (c *raw) expect(typ byte, id uint16, code byte) packets.Packet {
+	c.t.Helper()
+	pk := c.read()
+	if pk.FixedHeader.Type != typ || pk.PacketID != id || pk.ReasonCode != code {
+		c.t.Fatalf("got type %d id %d reason %#x, want type %d id %d reason %#x", pk.FixedHeader.Type, pk.PacketID, pk.ReasonCode, typ, id, code)
+	}
+	return pk
 }
 
 // sessionQueue returns the info of the one clean-session queue there is.

@@ -153,6 +153,17 @@ func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet
 		return handled(pk), nil
 	case packets.Puback:
 		c.clientPuback(pk)
+	case packets.Pubrec:
+		c.clientPubrec(pk)
+		return handled(pk), nil
+	case packets.Pubcomp:
+		c.clientPubcomp(pk)
+		return handled(pk), nil
+	case packets.Pubrel:
+		// In order with this client's publishes: the PUBCOMP follows the
+		// record's deletion (pipeline.go).
+		c.pipe.push(pubItem{qos: 2, pid: pk.PacketID, rel: true})
+		return handled(pk), nil
 	case packets.Disconnect:
 		// Publishes before DISCONNECT are committed before the connection
 		// goes (teardown waits for them too; this keeps their order with
@@ -227,6 +238,12 @@ func encode(pk packets.Packet) []byte {
 	switch pk.FixedHeader.Type {
 	case packets.Puback:
 		err = pk.PubackEncode(&buf)
+	case packets.Pubrec:
+		err = pk.PubrecEncode(&buf)
+	case packets.Pubrel:
+		err = pk.PubrelEncode(&buf)
+	case packets.Pubcomp:
+		err = pk.PubcompEncode(&buf)
 	case packets.Suback:
 		err = pk.SubackEncode(&buf)
 	case packets.Unsuback:

@@ -49,10 +49,18 @@ type outbox struct {
 	notify  chan struct{}
 	done    chan struct{}
 
-	// idMu guards the packet ids of QoS 1 deliveries awaiting PUBACK.
+	// idMu guards the packet ids of QoS 1 deliveries awaiting PUBACK and
+	// QoS 2 ones awaiting PUBREC or PUBCOMP, and the QoS 2 records.
 	idMu     sync.Mutex
 	inflight map[uint16]flight // packet id -> engine delivery
 	lastID   uint16
+	// q2 are a persistent session's outbound QoS 2 records (qos2.go), the
+	// session's own map; nil for a clean session. q2seq finds the packet
+	// id of a queue entry sent before and not yet PUBRECed.
+	q2    map[uint16]*outRec
+	q2seq map[entryKey]uint16
+	// q2new are records to write, synced, before the next socket write.
+	q2new []engine.KVOp
 
 	// held are QoS 1 deliveries waiting for the connection-wide window
 	// (several consumers each have credit; the client's Receive Maximum
@@ -61,10 +69,13 @@ type outbox struct {
 	held []outItem
 }
 
-// flight is a QoS 1 delivery awaiting its PUBACK.
+// flight is a QoS 1 delivery awaiting its PUBACK, or a QoS 2 one awaiting
+// PUBREC (then PUBCOMP, once released).
 type flight struct {
-	queue string
-	tag   uint64
+	queue    string
+	tag      uint64
+	qos      byte
+	released bool // QoS 2: PUBREC seen, PUBREL sent
 }
 
 func newOutbox(c *conn) *outbox {
@@ -198,23 +209,99 @@ func (o *outbox) take(spare []outItem) (items []outItem, closed bool) {
 	return items, o.closed
 }
 
-// allocID records a QoS 1 delivery and returns its packet id. Credit keeps
-// the deliveries awaiting PUBACK at most MaxInflight (< 65535), so a free
-// id always exists.
+// allocID records a QoS 1 or 2 delivery and returns its packet id: the id
+// it was sent with before, for a queue entry with a QoS 2 record, or a free
+// one. Credit keeps the deliveries awaiting acks at most MaxInflight (<
+// 65535), so a free id always exists unless stale QoS 2 records fill the
+// space.
 func (o *outbox) allocID(f flight) (uint16, bool) {
 	o.idMu.Lock()
 	defer o.idMu.Unlock()
+	if f.qos == 2 && f.tag != 0 {
+		if id, ok := o.q2seq[entryKey{f.queue, f.tag}]; ok {
+			delete(o.q2seq, entryKey{f.queue, f.tag})
+			o.inflight[id] = f
+			return id, true
+		}
+	}
 	for range 1 << 16 {
 		o.lastID++
 		if o.lastID == 0 {
 			continue
 		}
-		if _, used := o.inflight[o.lastID]; !used {
-			o.inflight[o.lastID] = f
-			return o.lastID, true
+		if _, used := o.inflight[o.lastID]; used {
+			continue
 		}
+		if _, used := o.q2[o.lastID]; used {
+			continue
+		}
+		o.inflight[o.lastID] = f
+		return o.lastID, true
 	}
 	return 0, false
+}
+
+// recordQoS2 makes the QoS 2 queue delivery with packet id durable before
+// it is written: a persistent session's record, queued for the writer's
+// next synced write. A delivery sent before already has one.
+func (o *outbox) recordQoS2(id uint16, f flight) {
+	if o.q2 == nil || f.tag == 0 {
+		return // a clean session, or a retained message (not redelivered)
+	}
+	o.idMu.Lock()
+	defer o.idMu.Unlock()
+	if _, ok := o.q2[id]; ok {
+		return
+	}
+	r := &outRec{queue: f.queue, seq: f.tag}
+	o.q2[id] = r
+	o.q2new = append(o.q2new, engine.KVOp{NS: qos2OutNS, Key: qos2Key(o.c.cl.ID, id), Value: encodeOutRec(*r)})
+}
+
+// resumeQoS2 prepares a resumed session's QoS 2 records: released ones
+// are in flight again and get their PUBREL re-sent (first, before the
+// backlog) [MQTT-4.4.0-1]; the queue entries of sent ones will be sent
+// again with their packet ids. Called before the writer runs.
+func (o *outbox) resumeQoS2() {
+	o.idMu.Lock()
+	o.q2seq = make(map[entryKey]uint16)
+	var rels []uint16
+	for id, r := range o.q2 {
+		if r.released {
+			o.inflight[id] = flight{queue: r.queue, tag: r.seq, qos: 2, released: true}
+			rels = append(rels, id)
+		} else {
+			o.q2seq[entryKey{r.queue, r.seq}] = id
+		}
+	}
+	o.idMu.Unlock()
+	slices.Sort(rels)
+	for _, id := range rels {
+		o.control(encode(packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Pubrel, Qos: 1},
+			PacketID:        id,
+			ProtocolVersion: o.c.cl.Properties.ProtocolVersion,
+		}))
+	}
+}
+
+// flushQoS2 writes the QoS 2 records of deliveries about to be written,
+// synced; false if it failed (the writer stops: nothing unrecorded goes
+// out).
+func (o *outbox) flushQoS2() bool {
+	o.idMu.Lock()
+	ops := o.q2new
+	o.q2new = nil
+	o.idMu.Unlock()
+	if len(ops) == 0 {
+		return true
+	}
+	if err := o.c.s.b.ApplyKV(ops, true); err != nil {
+		o.c.log.Error().Err(err).Msg("storing QoS 2 records")
+		o.c.cl.Stop(err)
+		return false
+	}
+	return true
 }
 
 // windowFull reports whether the connection has as many QoS 1 deliveries
@@ -225,17 +312,79 @@ func (o *outbox) windowFull() bool {
 	return len(o.inflight) >= o.c.credit
 }
 
-// release completes a packet id and returns its delivery; the writer is
-// woken for deliveries held for the window.
-func (o *outbox) release(id uint16) (flight, bool) {
+// ackState is what an ack from the client finds of its packet id.
+type ackState uint8
+
+const (
+	ackUnknown ackState = iota // no delivery with this id (or another QoS)
+	ackFirst                   // the delivery it completes
+	ackAgain                   // QoS 2: PUBREC for a delivery released already
+)
+
+// puback completes a QoS 1 packet id and returns its delivery; the writer
+// is woken for deliveries held for the window.
+func (o *outbox) puback(id uint16) (flight, bool) {
 	o.idMu.Lock()
 	f, ok := o.inflight[id]
-	delete(o.inflight, id)
+	ok = ok && f.qos != 2
+	if ok {
+		delete(o.inflight, id)
+	}
 	o.idMu.Unlock()
 	if ok {
 		o.wake()
 	}
 	return f, ok
+}
+
+// pubrec marks a QoS 2 delivery released (its PUBREL follows); its id
+// stays in flight until PUBCOMP.
+func (o *outbox) pubrec(id uint16) (flight, ackState) {
+	o.idMu.Lock()
+	defer o.idMu.Unlock()
+	f, ok := o.inflight[id]
+	switch {
+	case !ok || f.qos != 2:
+		return f, ackUnknown
+	case f.released:
+		return f, ackAgain
+	}
+	f.released = true
+	o.inflight[id] = f
+	return f, ackFirst
+}
+
+// pubcomp ends a released QoS 2 delivery.
+func (o *outbox) pubcomp(id uint16) (flight, bool) {
+	o.idMu.Lock()
+	f, ok := o.inflight[id]
+	ok = ok && f.qos == 2 && f.released
+	if ok {
+		delete(o.inflight, id)
+	}
+	o.idMu.Unlock()
+	if ok {
+		o.wake()
+	}
+	return f, ok
+}
+
+// drop frees a packet id whatever its state, with its QoS 2 record;
+// whether the record existed is reported, for the caller to delete it.
+func (o *outbox) drop(id uint16) (hadRecord bool) {
+	o.idMu.Lock()
+	_, ok := o.inflight[id]
+	delete(o.inflight, id)
+	if r, rec := o.q2[id]; rec {
+		delete(o.q2, id)
+		delete(o.q2seq, entryKey{r.queue, r.seq})
+		hadRecord = true
+	}
+	o.idMu.Unlock()
+	if ok {
+		o.wake()
+	}
+	return hadRecord
 }
 
 // run is the writer goroutine.
@@ -279,6 +428,9 @@ func (o *outbox) run() {
 			}
 		}
 		clear(items)
+		if !o.flushQoS2() {
+			return
+		}
 		if len(buf) > 0 && !o.write(buf) {
 			return
 		}
@@ -365,6 +517,7 @@ func (o *outbox) appendDelivery(buf []byte, pb *bytes.Buffer, acks []flight, d e
 		pk.Properties.SubscriptionIdentifier = mt.ids
 	}
 	if pk.FixedHeader.Qos > 0 {
+		fl.qos = pk.FixedHeader.Qos
 		id, ok := o.allocID(fl)
 		if !ok {
 			return buf, acks, false
@@ -383,6 +536,9 @@ func (o *outbox) appendDelivery(buf []byte, pb *bytes.Buffer, acks []flight, d e
 		c.log.Debug().Int("size", pb.Len()).Uint32("max", max).Msg("delivery over the client's maximum packet size discarded")
 		return buf, o.discard(acks, pk.PacketID, fl), true
 	}
+	if pk.FixedHeader.Qos == 2 {
+		o.recordQoS2(pk.PacketID, fl)
+	}
 	return append(buf, pb.Bytes()...), acks, true
 }
 
@@ -390,7 +546,11 @@ func (o *outbox) appendDelivery(buf []byte, pb *bytes.Buffer, acks []flight, d e
 // acked.
 func (o *outbox) discard(acks []flight, id uint16, fl flight) []flight {
 	if id != 0 {
-		o.release(id)
+		if o.drop(id) {
+			// A delivery sent before and now too large: its record goes
+			// (unsynced: a stale one only reserves an id).
+			_ = o.c.s.b.ApplyKV([]engine.KVOp{{NS: qos2OutNS, Key: qos2Key(o.c.cl.ID, id), Delete: true}}, false)
+		}
 		return append(acks, fl)
 	}
 	return acks // a QoS 0 queue delivery is in acks already

@@ -60,9 +60,10 @@ func TestPubSubQoS5(t *testing.T) {
 			t.Fatalf("got %s %q QoS %d, want %+v", m.Topic, m.Payload, m.QoS, want)
 		}
 	}
-	// The CONNACK tells what this slice does and does not do.
+	// The CONNACK tells what the server does: QoS 2 (Maximum QoS absent),
+	// retained messages, shared subscriptions, and its limits.
 	p := sub.Connack.Properties
-	if p.MaximumQoS == nil || *p.MaximumQoS != 1 || !p.RetainAvailable || !p.SharedSubAvailable || sub.Connack.SessionPresent {
+	if p.MaximumQoS != nil || !p.RetainAvailable || !p.SharedSubAvailable || sub.Connack.SessionPresent {
 		t.Fatalf("CONNACK properties %+v", p)
 	}
 	if p.MaximumPacketSize == nil || *p.MaximumPacketSize != 1<<20 || p.TopicAliasMaximum == nil || *p.TopicAliasMaximum != 64 {
@@ -184,7 +185,7 @@ func TestResubscribeAndUnsubscribe(t *testing.T) {
 }
 
 // Refused subscriptions get their failure code, the others in the same
-// SUBSCRIBE are granted; QoS 2 is granted as 1; $queue/ and $share/ are
+// SUBSCRIBE are granted (QoS 2 as asked); $queue/ and $share/ are
 // granted, malformed ones refused.
 func TestRefusedSubscriptions(t *testing.T) {
 	br := startBroker(t, options{})
@@ -197,7 +198,7 @@ func TestRefusedSubscriptions(t *testing.T) {
 	if sa == nil {
 		t.Fatal(err)
 	}
-	want := []byte{1, 1, 0x8F}
+	want := []byte{2, 1, 0x8F}
 	if string(sa.Reasons) != string(want) {
 		t.Fatalf("SUBACK reasons %#x, want %#x", sa.Reasons, want)
 	}

@@ -16,7 +16,7 @@ import (
 // in memory (Server.retained) for SUBSCRIBE. A RETAIN publish sets its
 // topic's retained message once the engine accepted the publish; one with
 // an empty payload clears it [MQTT-3.3.1-6, -7]. The KV write follows the
-// publish's commit, synced for QoS 1, before the PUBACK: a crash between
+// publish's commit, synced for QoS 1 and 2, before the PUBACK or PUBREC: a crash between
 // the two leaves the publish unacked, so the client sends it again.
 const retainedNS = "mqtt.retained"
 
@@ -44,7 +44,7 @@ func (s *Server) loadRetained() error {
 }
 
 // retainOps are the KV writes of the accepted RETAIN publishes of a batch,
-// and whether one of them needs a sync (QoS 1).
+// and whether one of them needs a sync (QoS 1 or 2).
 func retainOps(batch []pubItem, errs []error) (ops []engine.KVOp, idx []int, sync bool, err error) {
 	for i, it := range batch {
 		if it.m == nil || !it.m.Retain || it.m.ToQueue || errs[i] != nil {

@@ -211,6 +211,9 @@ func NewServer(b *engine.Broker, cfg Config, log zerolog.Logger) (*Server, error
 	if err := s.loadSessions(); err != nil {
 		return nil, err
 	}
+	if err := s.loadQoS2(); err != nil {
+		return nil, err
+	}
 	if err := s.loadRetained(); err != nil {
 		return nil, err
 	}
@@ -222,7 +225,6 @@ func NewServer(b *engine.Broker, cfg Config, log zerolog.Logger) (*Server, error
 	caps.ReceiveMaximum = uint16(cfg.ReceiveMaximum)
 	caps.MaximumInflight = uint16(cfg.MaxInflight)
 	caps.TopicAliasMaximum = uint16(cfg.TopicAliasMax)
-	caps.MaximumQos = 1 // QoS 2 is not implemented yet
 	// mochi forgets every client when it disconnects: sessions are
 	// Tandem's (session.go), and CONNACK tells the granted expiry.
 	caps.MaximumSessionExpiryInterval = 0

@@ -63,6 +63,11 @@ type session struct {
 	owner *conn // the connection holding it, nil while none does
 	timer engine.Timer
 	gen   uint64 // bumped whenever the session is taken, to void old timers
+	// QoS 2 state (qos2.go), shared with the connection holding the
+	// session: inbound ids awaiting PUBREL (true: counted toward Receive
+	// Maximum by that connection) and outbound deliveries by packet id.
+	in  map[uint16]bool
+	out map[uint16]*outRec
 }
 
 func sessionQueueName(clientID string) string { return sessionQueuePrefix + clientID }
@@ -150,7 +155,9 @@ func (s *Server) dropSessionLocked(ss *session) error {
 	if err := s.b.DeleteQueue(sessionQueueName(ss.id)); err != nil && !errors.Is(err, engine.ErrNoQueue) {
 		return fmt.Errorf("mqtt: deleting session queue of %q: %w", ss.id, err)
 	}
-	if err := s.b.ApplyKV([]engine.KVOp{{NS: sessionNS, Key: ss.id, Delete: true}}, false); err != nil {
+	ops := append(ss.qos2Deletes(), engine.KVOp{NS: sessionNS, Key: ss.id, Delete: true})
+	ss.in, ss.out = nil, nil
+	if err := s.b.ApplyKV(ops, false); err != nil {
 		return fmt.Errorf("mqtt: deleting session %q: %w", ss.id, err)
 	}
 	for _, r := range ss.rec.Subs {
@@ -245,6 +252,15 @@ func (s *Server) takeSession(c *conn, clean bool, expiry uint32) (bool, error) {
 	ss.owner = c
 	c.sess = ss
 	s.live[id] = c
+	// Ids received on an earlier connection do not count toward this
+	// one's Receive Maximum: the client's send quota starts afresh with
+	// each connection (MQTT 5 §4.9); the PUBRELs it re-sends end them.
+	in := ss.qos2In()
+	for id := range in {
+		in[id] = false
+	}
+	c.q2in = in
+	c.out.q2 = ss.qos2Out()
 	return present, nil
 }
 

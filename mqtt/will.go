@@ -159,7 +159,7 @@ func (s *Server) connectWill(c *conn, pk *packets.Packet, present bool) error {
 	r := &willRecord{
 		Topic:   pk.Connect.WillTopic,
 		Payload: append([]byte(nil), pk.Connect.WillPayload...),
-		QoS:     min(pk.Connect.WillQos, 1), // QoS 2 is not implemented yet
+		QoS:     pk.Connect.WillQos,
 		Retain:  pk.Connect.WillRetain,
 		V5:      c.v5,
 		Origin:  c.origin,
