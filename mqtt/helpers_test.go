@@ -247,6 +247,17 @@ func (br *broker) dialRawClean(id string, version byte, clean bool, props packet
 // dialConnect opens a raw connection and sends a CONNECT (clean, keepalive
 // 30) that mod may change; it fails the test unless the CONNACK succeeds.
 func (br *broker) dialConnect(id string, version byte, mod func(*packets.Packet)) (*raw, packets.Packet) {
+	br.t.Helper()
+	c, ack, err := br.tryConnect(id, version, mod)
+	if err != nil || ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
+		br.t.Fatalf("CONNECT answered with %+v (%v)", ack, err)
+	}
+	return c, ack
+}
+
+// tryConnect is dialConnect returning whatever came back: a packet, or the
+// read error (io.EOF: closed without an answer).
+func (br *broker) tryConnect(id string, version byte, mod func(*packets.Packet)) (*raw, packets.Packet, error) {
 	t := br.t
 	t.Helper()
 	nc, err := net.Dial("tcp", br.addr)
@@ -270,11 +281,8 @@ func (br *broker) dialConnect(id string, version byte, mod func(*packets.Packet)
 		mod(&pk)
 	}
 	c.send(pk)
-	ack := c.read()
-	if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
-		t.Fatalf("CONNECT answered with %+v", ack)
-	}
-	return c, ack
+	ack, err := c.tryRead()
+	return c, ack, err
 }
 
 // waitUntil polls cond until it holds, failing the test with what after

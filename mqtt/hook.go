@@ -45,8 +45,15 @@ func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 	ka := cl.State.Keepalive
 	switch {
 	case ka == 0 || ka > hi:
+		// Idle connections are bounded: without a keepalive, or with a
+		// longer one, the server still closes one silent for 1.5 times the
+		// maximum (MQTT 3.1.1 allows a server to close an inactive
+		// connection at any time, §3.1.2.10).
 		ka = hi
-	case ka < lo:
+	case ka < lo && cl.Properties.ProtocolVersion == 5:
+		// Raised, and the client told. An MQTT 3.1.1 client cannot be
+		// told, and the server MUST close the connection after 1.5 times
+		// its keepalive [MQTT-3.1.2-24], so its short one is kept.
 		ka = lo
 	}
 	if ka != cl.State.Keepalive {
@@ -211,8 +218,30 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 // OnPacketEncode fixes mochi's CONNACK: session present and the granted
 // session expiry are Tandem's, and MQTT 5 clients are told the limits
 // mochi does not advertise.
+//
+// It also keeps mochi's writes to MQTT 3.1.1 clients within that version:
+// a refused CONNECT gets a 3.1.1 return code, or no CONNACK at all for a
+// malformed one [MQTT-3.1.4-1], and no DISCONNECT is ever written (3.1.1
+// has no server DISCONNECT: the connection just closes). Setting
+// Mods.MaxSize to 1 makes mochi's WritePacket refuse the packet unwritten.
 func (h *hook) OnPacketEncode(cl *mochi.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type != packets.Connack || pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
+	v5 := cl.Properties.ProtocolVersion == 5
+	switch {
+	case pk.FixedHeader.Type == packets.Disconnect && !v5:
+		pk.Mods.MaxSize = 1
+		return pk
+	case pk.FixedHeader.Type != packets.Connack:
+		return pk
+	case pk.ReasonCode != 0 && pk.ReasonCode < packets.ErrUnspecifiedError.Code:
+		return pk // an MQTT 3.1.1 refusal mochi mapped already
+	case pk.ReasonCode >= packets.ErrUnspecifiedError.Code:
+		if !v5 {
+			if code, ok := v3ConnackCode(pk.ReasonCode); ok {
+				pk.ReasonCode = code
+			} else {
+				pk.Mods.MaxSize = 1
+			}
+		}
 		return pk
 	}
 	c := h.s.conn(cl)
@@ -229,6 +258,27 @@ func (h *hook) OnPacketEncode(cl *mochi.Client, pk packets.Packet) packets.Packe
 		}
 	}
 	return pk
+}
+
+// v3ConnackCode maps an MQTT 5 CONNACK reason mochi chose to the MQTT 3.1.1
+// return code; false for a malformed or protocol-violating CONNECT, which
+// gets no CONNACK.
+func v3ConnackCode(reason byte) (byte, bool) {
+	switch reason {
+	case packets.ErrMalformedPacket.Code, packets.ErrProtocolViolation.Code:
+		return 0, false
+	case packets.ErrUnsupportedProtocolVersion.Code:
+		return packets.Err3UnsupportedProtocolVersion.Code, true
+	case packets.ErrUnspecifiedError.Code, packets.ErrClientIdentifierNotValid.Code:
+		// mochi's only 0x80 at CONNECT: clean session 0 with an empty
+		// client id [MQTT-3.1.3-8].
+		return packets.Err3ClientIdentifierNotValid.Code, true
+	case packets.ErrBadUsernameOrPassword.Code, packets.ErrMalformedUsername.Code, packets.ErrMalformedPassword.Code:
+		return packets.ErrMalformedUsernameOrPassword.Code, true
+	case packets.ErrNotAuthorized.Code, packets.ErrBanned.Code:
+		return packets.Err3NotAuthorized.Code, true
+	}
+	return packets.Err3ServerUnavailable.Code, true
 }
 
 // encode encodes a packet Tandem writes itself.
