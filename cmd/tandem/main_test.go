@@ -337,6 +337,8 @@ func TestRunInProcess(t *testing.T) {
 		"TANDEM_DATA_DIR":   t.TempDir(),
 		"TANDEM_ADMIN_ADDR": "127.0.0.1:0",
 		"TANDEM_STOMP_ADDR": "127.0.0.1:0",
+		"TANDEM_MQTT_ADDR":  "127.0.0.1:0",
+		"TANDEM_WS_ADDR":    "127.0.0.1:0",
 		"TANDEM_LOG_FORMAT": "json",
 	}
 	stderr := newLines()
