@@ -35,6 +35,7 @@ func (s *Server) loadRetained() error {
 			return nil
 		}
 		s.retained[key] = m
+		s.retBytes += int64(len(m.Body))
 		return nil
 	})
 	if err != nil {
@@ -43,17 +44,51 @@ func (s *Server) loadRetained() error {
 	return s.b.ApplyKV(expired, false)
 }
 
-// retainOps are the KV writes of the accepted RETAIN publishes of a batch,
-// and whether one of them needs a sync (QoS 1 or 2).
-func retainOps(batch []pubItem, errs []error) (ops []engine.KVOp, idx []int, sync bool, err error) {
+// retainOpsLocked are the KV writes of the accepted RETAIN publishes of a
+// batch, and whether one of them needs a sync (QoS 1 or 2). A new retained
+// message that would take the store past MaxRetained or MaxRetainedBytes
+// is left out (published, not retained), like one too big for the KV.
+func (s *Server) retainOpsLocked(batch []pubItem, errs []error) (ops []engine.KVOp, idx []int, sync bool, err error) {
+	count, bytes := len(s.retained), s.retBytes
+	var batchLen map[string]int64 // payload size retained by this batch so far, -1 for cleared
+	size := func(topic string) (int64, bool) {
+		if n, ok := batchLen[topic]; ok {
+			return n, n >= 0
+		}
+		if m := s.retained[topic]; m != nil {
+			return int64(len(m.Body)), true
+		}
+		return 0, false
+	}
 	for i, it := range batch {
 		if it.m == nil || !it.m.Retain || it.m.ToQueue || errs[i] != nil {
 			continue
 		}
-		op := engine.KVOp{NS: retainedNS, Key: it.m.Topic}
+		if batchLen == nil {
+			batchLen = make(map[string]int64)
+		}
+		topic := it.m.Topic
+		op := engine.KVOp{NS: retainedNS, Key: topic}
+		oldLen, had := size(topic)
 		if len(it.m.Body) == 0 {
 			op.Delete = true
+			if had {
+				count--
+				bytes -= oldLen
+			}
+			batchLen[topic] = -1
 		} else {
+			newCount, newBytes := count+1, bytes+int64(len(it.m.Body))
+			if had {
+				newCount, newBytes = count, newBytes-oldLen
+			}
+			if newCount > s.cfg.MaxRetained || newBytes > s.cfg.MaxRetainedBytes {
+				if s.RetainedRefused.Add(1) == 1 {
+					s.log.Warn().Int("max_retained", s.cfg.MaxRetained).Int64("max_retained_bytes", s.cfg.MaxRetainedBytes).
+						Msg("retained store full: RETAIN publishes are delivered but not retained")
+				}
+				continue // the old one, if any, stays
+			}
 			v, merr := json.Marshal(it.m)
 			if merr != nil {
 				return nil, nil, false, merr
@@ -62,6 +97,8 @@ func retainOps(batch []pubItem, errs []error) (ops []engine.KVOp, idx []int, syn
 				continue // too big to retain; published all the same
 			}
 			op.Value = v
+			count, bytes = newCount, newBytes
+			batchLen[topic] = int64(len(it.m.Body))
 		}
 		ops = append(ops, op)
 		idx = append(idx, i)
@@ -73,20 +110,24 @@ func retainOps(batch []pubItem, errs []error) (ops []engine.KVOp, idx []int, syn
 // storeRetained writes the retained messages of a batch, then updates the
 // index. It returns the error of the write (for every one of them).
 func (s *Server) storeRetained(batch []pubItem, errs []error) error {
-	ops, idx, sync, err := retainOps(batch, errs)
+	s.retMu.Lock()
+	defer s.retMu.Unlock()
+	ops, idx, sync, err := s.retainOpsLocked(batch, errs)
 	if err != nil || len(ops) == 0 {
 		return err
 	}
-	s.retMu.Lock()
-	defer s.retMu.Unlock()
 	if err := s.b.ApplyKV(ops, sync); err != nil {
 		return err
 	}
 	for k, op := range ops {
-		if op.Delete {
+		if old := s.retained[op.Key]; old != nil {
+			s.retBytes -= int64(len(old.Body))
 			delete(s.retained, op.Key)
-		} else {
-			s.retained[op.Key] = batch[idx[k]].m
+		}
+		if !op.Delete {
+			m := batch[idx[k]].m
+			s.retained[op.Key] = m
+			s.retBytes += int64(len(m.Body))
 		}
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/tandem-mq/tandem/engine/memstore"
+	"github.com/tandem-mq/tandem/mqtt"
 )
 
 // A RETAIN publish sets its topic's retained message (an empty payload
@@ -81,4 +82,53 @@ func TestRetainHandling(t *testing.T) {
 	if pk := r.read(); pk.FixedHeader.Type != packets.Publish || !pk.FixedHeader.Retain || string(pk.Payload) != "y" {
 		t.Fatalf("Retain As Published: got %+v", pk)
 	}
+}
+
+// The retained store is bounded: past max_retained a RETAIN publish to a
+// new topic is delivered but not retained (and counted); replacing or
+// clearing a retained message still works, and clearing makes room.
+func TestRetainedLimit(t *testing.T) {
+	br := startBroker(t, options{cfg: func(c *mqtt.Config) { c.MaxRetained = 2 }})
+	live := br.dial5("live")
+	live.sub(t, "lim/#", 1)
+	p := br.dial5("pub")
+	publish := func(topic, body string) {
+		t.Helper()
+		if _, err := p.Publish(ctx(t), &paho.Publish{Topic: topic, QoS: 1, Retain: true, Payload: []byte(body)}); err != nil {
+			t.Fatal(err)
+		}
+		if m := live.next(t); m.Topic != topic || string(m.Payload) != body {
+			t.Fatalf("live subscriber got %s %q, want %s %q", m.Topic, m.Payload, topic, body)
+		}
+	}
+	retainedNow := func(want ...string) {
+		t.Helper()
+		s := br.dial5("check")
+		s.sub(t, "lim/#", 0)
+		for _, w := range want {
+			if m := s.next(t); m.Topic+"="+string(m.Payload) != w || !m.Retain {
+				t.Fatalf("retained %s=%q (retain %v), want %s", m.Topic, m.Payload, m.Retain, w)
+			}
+		}
+		// Nothing more: a live marker comes next.
+		if _, err := p.Publish(ctx(t), &paho.Publish{Topic: "lim/zz-marker", QoS: 1, Payload: []byte("m")}); err != nil {
+			t.Fatal(err)
+		}
+		if m := s.next(t); m.Topic != "lim/zz-marker" || m.Retain {
+			t.Fatalf("got %s %q retain %v, want the live marker", m.Topic, m.Payload, m.Retain)
+		}
+		live.next(t)
+		_ = s.Disconnect(&paho.Disconnect{})
+	}
+	publish("lim/a", "A")
+	publish("lim/b", "B")
+	publish("lim/c", "C") // full: delivered, not retained
+	if n := br.srv.RetainedRefused.Load(); n != 1 {
+		t.Fatalf("RetainedRefused = %d, want 1", n)
+	}
+	publish("lim/a", "A2") // a replacement fits
+	retainedNow("lim/a=A2", "lim/b=B")
+	publish("lim/b", "") // cleared: room for one
+	publish("lim/c", "C2")
+	retainedNow("lim/a=A2", "lim/c=C2")
 }

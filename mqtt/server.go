@@ -105,6 +105,12 @@ type Config struct {
 	// them its oldest messages are dropped (overflow drop-head).
 	SessionQueueMaxLength int64
 	SessionQueueMaxBytes  int64
+	// MaxRetained and MaxRetainedBytes bound the retained messages (their
+	// number, and the sum of their payloads). A RETAIN publish that would
+	// exceed them is published all the same but not retained, and counted
+	// in Server.RetainedRefused.
+	MaxRetained      int
+	MaxRetainedBytes int64
 	// ConnectTimeout bounds the time from accept to a complete CONNECT.
 	ConnectTimeout time.Duration
 	// Clock runs session expiry; nil means the real clock. Tests pass the
@@ -126,6 +132,8 @@ func DefaultConfig() Config {
 		TopicBuffer:           1024,
 		SessionQueueMaxLength: 100000,
 		SessionQueueMaxBytes:  64 << 20,
+		MaxRetained:           1_000_000,
+		MaxRetainedBytes:      1 << 30,
 		ConnectTimeout:        10 * time.Second,
 	}
 }
@@ -149,6 +157,8 @@ func (c *Config) Validate() error {
 		return errors.New("mqtt: subscription and buffer limits must be positive")
 	case c.SessionQueueMaxLength < 1 || c.SessionQueueMaxBytes < 1:
 		return errors.New("mqtt: session queue limits must be positive")
+	case c.MaxRetained < 1 || c.MaxRetainedBytes < 1:
+		return errors.New("mqtt: retained message limits must be positive")
 	case c.ConnectTimeout <= 0:
 		return errors.New("mqtt: connect timeout must be positive")
 	}
@@ -177,9 +187,11 @@ type Server struct {
 	sessions map[string]*session
 	live     map[string]*conn // the connection of each client id
 
-	// retMu guards retained, the retained messages by topic (retained.go).
+	// retMu guards retained, the retained messages by topic (retained.go),
+	// and retBytes, the sum of their payloads.
 	retMu    sync.RWMutex
 	retained map[string]*engine.Message
+	retBytes int64
 
 	// willMu guards wills, the wills waiting for their delay (will.go).
 	willMu sync.Mutex
@@ -188,6 +200,9 @@ type Server struct {
 	nextConn atomic.Uint64
 	// Dropped counts QoS 0 messages dropped for slow subscribers.
 	Dropped atomic.Uint64
+	// RetainedRefused counts RETAIN publishes not retained because the
+	// retained store was at MaxRetained or MaxRetainedBytes.
+	RetainedRefused atomic.Uint64
 }
 
 // NewServer returns a server for b.

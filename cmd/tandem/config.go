@@ -72,6 +72,10 @@ type MQTTConfig struct {
 	// mqtt.dlq past them).
 	SessionQueueMaxLength int64    `yaml:"session_queue_max_length"`
 	SessionQueueMaxBytes  ByteSize `yaml:"session_queue_max_bytes"`
+	// MaxRetained and MaxRetainedBytes bound the retained messages; past
+	// them a RETAIN publish to a new topic is delivered but not retained.
+	MaxRetained      int      `yaml:"max_retained"`
+	MaxRetainedBytes ByteSize `yaml:"max_retained_bytes"`
 	// ConnectTimeout bounds accept-to-CONNECT.
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 }
@@ -231,6 +235,8 @@ func (c *Config) EnsureDefaults() {
 	setDefault(&c.MQTT.TopicBuffer, md.TopicBuffer)
 	setDefault(&c.MQTT.SessionQueueMaxLength, md.SessionQueueMaxLength)
 	setDefault(&c.MQTT.SessionQueueMaxBytes, ByteSize(md.SessionQueueMaxBytes))
+	setDefault(&c.MQTT.MaxRetained, md.MaxRetained)
+	setDefault(&c.MQTT.MaxRetainedBytes, ByteSize(md.MaxRetainedBytes))
 	setDefault(&c.MQTT.ConnectTimeout, md.ConnectTimeout)
 	setDefault(&c.Queues.WindowSize, defaultWindowSize)
 	setDefault(&c.Queues.WindowBytes, defaultWindowBytes)
@@ -293,6 +299,7 @@ func (m MQTTConfig) serverConfig() mqtt.Config {
 	c.TopicAliasMax = m.TopicAliasMax
 	c.MaxSubscriptions, c.TopicBuffer = m.MaxSubscriptions, m.TopicBuffer
 	c.SessionQueueMaxLength, c.SessionQueueMaxBytes = m.SessionQueueMaxLength, int64(m.SessionQueueMaxBytes)
+	c.MaxRetained, c.MaxRetainedBytes = m.MaxRetained, int64(m.MaxRetainedBytes)
 	c.ConnectTimeout = m.ConnectTimeout
 	return c
 }
