@@ -364,9 +364,9 @@ func shareQueue(key string) (string, bool) {
 // releaseShareLocked deletes the group queue of a $share/ subscription
 // that no connection consumes and no persistent session holds any more
 // (docs/mqtt-design.md §8.6): a group of clean sessions keeps nothing once
-// its last member left. A group queue with a consumer of another protocol
-// (STOMP durable subscription of the same name) is kept while it is
-// consumed.
+// its last member left. A group queue that is also a STOMP durable
+// subscription (same name and filter) is kept, consumed or not: it lives
+// until a STOMP client ends it.
 func (s *Server) releaseShareLocked(key string) {
 	q, ok := shareQueue(key)
 	if !ok {
@@ -380,12 +380,26 @@ func (s *Server) releaseShareLocked(key string) {
 		}
 	}
 	info, err := s.b.QueueInfo(q)
-	if err != nil || info.Consumers > 0 {
+	if err != nil || info.Consumers > 0 || s.stompDurable(q) {
 		return
 	}
 	if err := s.b.DeleteQueue(q); err != nil && !errors.Is(err, engine.ErrNoQueue) && !errors.Is(err, engine.ErrClosed) {
 		s.log.Error().Err(err).Str("queue", q).Msg("deleting shared subscription queue")
 	}
+}
+
+// stompDurable reports whether queue is also a STOMP durable subscription,
+// which lives until a STOMP client ends it (protocol.DurableSubscriptionNS).
+// On a read error it says yes: keeping a queue is the safe mistake.
+func (s *Server) stompDurable(queue string) bool {
+	found := errors.New("found")
+	err := s.b.ScanKV(protocol.DurableSubscriptionNS, func(key string, _ []byte) error {
+		if key == queue {
+			return found
+		}
+		return nil
+	})
+	return err != nil
 }
 
 // releaseShares releases the group queues of keys.

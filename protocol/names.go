@@ -129,6 +129,13 @@ func SharedSubscriptionQueue(name, filter string) (string, error) {
 	return "$share/" + name + "/" + filter, nil
 }
 
+// DurableSubscriptionNS is the engine KV namespace where the STOMP adapter
+// records its durable subscriptions (key: the engine queue, value empty).
+// A shared subscription queue with such a record is kept when its last
+// MQTT member leaves: a STOMP durable subscription lives until it is
+// ended explicitly.
+const DurableSubscriptionNS = "stomp.durable"
+
 // TempQueueName is the engine queue behind a connection's temporary queue.
 func TempQueueName(connID, name string) string {
 	return tempQueuePrefix + connID + "/" + name

@@ -280,6 +280,12 @@ func (c *conn) onSubscribe(f *frame.Frame) error {
 			var q string
 			if q, err = protocol.SharedSubscriptionQueue(name, d.Name); err == nil {
 				if err = c.s.b.DurableSubscription(q, d.Name, engine.QueueOptions{}); err == nil {
+					// Recorded (synced, before the RECEIPT) so that MQTT
+					// does not delete the queue when its last $share/
+					// member of the same name leaves.
+					err = c.s.b.ApplyKV([]engine.KVOp{{NS: protocol.DurableSubscriptionNS, Key: q, Value: []byte{}}}, true)
+				}
+				if err == nil {
 					sub.durableQueue = q
 					err = sub.consume(q)
 				}
@@ -342,6 +348,9 @@ func (c *conn) onUnsubscribe(f *frame.Frame) error {
 		f.Header.Get("activemq.subscriptionName") != "" || f.Header.Get("durable-subscription-name") != "" ||
 		f.Header.Get("durable-subscriber-name") != "") {
 		if err := c.s.b.DeleteQueue(sub.durableQueue); err != nil && !errors.Is(err, engine.ErrNoQueue) {
+			return err
+		}
+		if err := c.s.b.ApplyKV([]engine.KVOp{{NS: protocol.DurableSubscriptionNS, Key: sub.durableQueue, Delete: true}}, false); err != nil {
 			return err
 		}
 	}
