@@ -141,6 +141,13 @@ func (h *hook) OnWill(*mochi.Client, mochi.Will) (mochi.Will, error) {
 func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
 	c := h.s.conn(cl)
 	if c == nil {
+		if pk.FixedHeader.Type == packets.Connect && pk.Connect.WillFlag && len(pk.Connect.WillPayload) == 0 {
+			// A zero-length will payload is valid (MQTT 3.1.1 §3.1.3.3:
+			// "zero or more bytes"; MQTT 5 §3.1.3.4: Binary Data), but
+			// mochi calls it a protocol error: it is shown a placeholder
+			// that connectWill recognises.
+			pk.Connect.WillPayload = emptyWillPayload
+		}
 		return pk, nil
 	}
 	switch pk.FixedHeader.Type {

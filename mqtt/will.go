@@ -132,6 +132,15 @@ func validWillTopic(topic string) bool {
 	return engine.ValidateTopic(topic) == nil
 }
 
+// emptyWillPayload stands in for a zero-length will payload, which mochi
+// refuses (OnPacketRead); it is told apart from a real one-byte payload by
+// its address.
+var emptyWillPayload = []byte{0}
+
+func isEmptyWillPayload(p []byte) bool {
+	return len(p) == 1 && &p[0] == &emptyWillPayload[0]
+}
+
 // connectWill runs in OnConnect once c has its session: a will waiting for
 // the client id is dropped if the session resumes (present) and published
 // otherwise (the session it belonged to ended); then the CONNECT's will,
@@ -156,9 +165,13 @@ func (s *Server) connectWill(c *conn, pk *packets.Packet, present bool) error {
 		}
 		return nil
 	}
+	payload := pk.Connect.WillPayload
+	if isEmptyWillPayload(payload) {
+		payload = nil
+	}
 	r := &willRecord{
 		Topic:   pk.Connect.WillTopic,
-		Payload: append([]byte(nil), pk.Connect.WillPayload...),
+		Payload: append([]byte(nil), payload...),
 		QoS:     pk.Connect.WillQos,
 		Retain:  pk.Connect.WillRetain,
 		V5:      c.v5,

@@ -278,3 +278,20 @@ func TestWillOnTakeover(t *testing.T) {
 		t.Fatalf("%d will records", n)
 	}
 }
+
+// A will with a zero-length payload is valid (mochi alone refuses the
+// CONNECT as a protocol error): it is accepted and published with an
+// empty body when the connection drops.
+func TestEmptyWillPayload(t *testing.T) {
+	for _, ver := range versions {
+		t.Run(ver.name, func(t *testing.T) {
+			br := startBroker(t, options{})
+			ch := engineSub(t, br.b, "dev/#")
+			c := br.dialWill("empty", ver.v, func(pk *packets.Packet) { pk.Connect.WillPayload = nil })
+			c.nc.Close()
+			if m := recvEngine(t, ch); m.Topic != "dev/status" || len(m.Body) != 0 {
+				t.Fatalf("will: %s %q, want dev/status with an empty body", m.Topic, m.Body)
+			}
+		})
+	}
+}
