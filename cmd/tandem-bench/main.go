@@ -1,17 +1,25 @@
 // Command tandem-bench is Tandem's load tool. Each scenario is a
 // subcommand and talks to any broker through its standard protocol, so the
-// same run measures Tandem and, for comparison, RabbitMQ:
+// same run measures Tandem and, for comparison, RabbitMQ, Mosquitto,
+// nats-server and a plain mochi broker:
 //
 //	tandem-bench stomp-queue   [flags]  durable-queue throughput, counted exactly
 //	tandem-bench stomp-latency [flags]  end-to-end latency at a fixed rate
+//	tandem-bench mqtt-fanin    [flags]  QoS 0, 4 publishers into one wildcard subscriber
+//	tandem-bench mqtt-fanout   [flags]  QoS 0, 1 publisher to 50 subscribers
+//	tandem-bench mqtt-persist  [flags]  QoS 1 into a persistent session, counted exactly
+//	tandem-bench mqtt-latency  [flags]  QoS 1 latency at a fixed rate
+//	tandem-bench mqtt-idle     [flags]  broker memory per idle connection
+//	tandem-bench mochi-serve   [flags]  run a plain mochi MQTT broker (a peer)
 //	tandem-bench table FILE...          a Markdown table of JSON results
 //
 // A scenario prints its result as one JSON object on stdout and one human
 // line on stderr. It exits 0 when every message was receipted and delivered
 // exactly once, 3 when the counts show loss, duplicates or errors, 2 for
 // bad flags and 1 when it could not run. Every scenario is bounded by
-// --timeout. compare-rabbitmq.sh runs both scenarios against Tandem and
-// RabbitMQ and prints the table.
+// --timeout. compare-rabbitmq.sh runs the STOMP scenarios against Tandem
+// and RabbitMQ, compare-mqtt.sh the MQTT ones against Tandem, Mosquitto,
+// nats-server and mochi, and each prints a table.
 package main
 
 import (
@@ -44,7 +52,16 @@ Scenarios:
                   sent, receipted, received, duplicates and lost; steady msgs/s
   stomp-latency   a fixed total rate for a duration; p50/p99/p99.9/max latency
                   from SEND to MESSAGE
-  table FILE...   print the JSON results in FILEs (one per line) as a Markdown table
+  mqtt-fanin      QoS 0: 4 publishers, one subscriber on tb/RUN/+; deliveries/s
+  mqtt-fanout     QoS 0: 1 publisher, 50 subscribers on its topic; deliveries/s
+  mqtt-persist    QoS 1: 4 pipelining publishers, one subscriber in a persistent
+                  session; msgs/s with every message PUBACKed, lost and duplicates
+  mqtt-latency    QoS 1 at a fixed rate into a persistent session; p50/p99/max
+                  from PUBLISH to delivery
+  mqtt-idle       N idle connections; the broker's VmRSS per connection (--pid)
+  mochi-serve     run a plain mochi broker (allow-all hook, one TCP listener)
+                  until SIGINT/SIGTERM
+  table FILE...   print the JSON results in FILEs (one per line) as Markdown tables
 
 Run "tandem-bench SCENARIO -h" for a scenario's flags.
 `
@@ -79,6 +96,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		res, err := runLatency(ctx, cfg)
 		return report(res, res.human(), res.ok(), err, cfg.out, stdout, stderr)
+	case "mqtt-fanin", "mqtt-fanout", "mqtt-persist", "mqtt-latency":
+		cfg := mqttConfig{scenario: args[0]}
+		if code, ok := parse(args, cfg.flags, cfg.validate, stderr); !ok {
+			return code
+		}
+		res, err := runMQTT(ctx, cfg)
+		return report(res, res.human(), res.ok(), err, cfg.out, stdout, stderr)
+	case "mqtt-idle":
+		var cfg idleConfig
+		if code, ok := parse(args, cfg.flags, cfg.validate, stderr); !ok {
+			return code
+		}
+		res, err := runIdle(ctx, cfg)
+		return report(res, res.human(), res.ok(), err, cfg.out, stdout, stderr)
+	case "mochi-serve":
+		var cfg mochiConfig
+		if code, ok := parse(args, cfg.flags, cfg.validate, stderr); !ok {
+			return code
+		}
+		err := serveMochi(ctx, cfg, stderr, func(addr string) {
+			fmt.Fprintf(stderr, "mochi-serve: listening on %s\n", addr)
+		})
+		if err != nil {
+			fmt.Fprintf(stderr, "tandem-bench: %v\n", err)
+			return exitRuntime
+		}
+		return exitOK
 	case "table":
 		if err := printTable(args[1:], stdout); err != nil {
 			fmt.Fprintf(stderr, "tandem-bench: %v\n", err)

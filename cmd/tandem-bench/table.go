@@ -24,12 +24,14 @@ type row struct {
 }
 
 // printTable reads JSON results, one per line, from files and prints them
-// as one Markdown table in the order read.
+// in the order read: the STOMP results as one Markdown table, the MQTT
+// results as another plus a summary by round (mqtttable.go).
 func printTable(files []string, w io.Writer) error {
 	if len(files) == 0 {
 		return fmt.Errorf("table: no result files")
 	}
 	var rows []row
+	var mrows []mqttRow
 	for _, name := range files {
 		f, err := os.Open(name)
 		if err != nil {
@@ -40,6 +42,22 @@ func printTable(files []string, w io.Writer) error {
 		for sc.Scan() {
 			line := strings.TrimSpace(sc.Text())
 			if line == "" {
+				continue
+			}
+			var scenario struct {
+				Scenario string `json:"scenario"`
+			}
+			if err := json.Unmarshal([]byte(line), &scenario); err != nil {
+				f.Close()
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			if strings.HasPrefix(scenario.Scenario, "mqtt-") {
+				var r mqttRow
+				if err := json.Unmarshal([]byte(line), &r); err != nil {
+					f.Close()
+					return fmt.Errorf("%s: %w", name, err)
+				}
+				mrows = append(mrows, r)
 				continue
 			}
 			var r row
@@ -55,6 +73,22 @@ func printTable(files []string, w io.Writer) error {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
+	if len(rows) > 0 {
+		printSTOMPTable(rows, w)
+	}
+	if len(mrows) > 0 {
+		if len(rows) > 0 {
+			fmt.Fprintln(w)
+		}
+		printMQTTTable(mrows, w)
+		fmt.Fprintln(w)
+		printMQTTSummary(mrows, w)
+	}
+	return nil
+}
+
+// printSTOMPTable prints the STOMP results.
+func printSTOMPTable(rows []row, w io.Writer) {
 	fmt.Fprintln(w, "| broker | scenario | P/C | receipt every | sent | receipted | received | dup | lost | in doubt | msgs/s (steady) | p50 ms | p99 ms | p99.9 ms | max ms | errors |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
@@ -72,5 +106,4 @@ func printTable(files []string, w io.Writer) error {
 			r.Label, scenario, r.Producers, r.Consumers, r.ReceiptEvery, r.Sent, r.Receipted, r.Received,
 			r.Duplicates, r.Lost, r.InDoubt, rate, p50, p99, p999, mx, len(r.Errors))
 	}
-	return nil
 }
