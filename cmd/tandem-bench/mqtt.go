@@ -107,7 +107,7 @@ var mqttDefaults = map[string]mqttConfig{
 	"mqtt-fanin": {publishers: 4, subscribers: 1, qos: 0, wildcard: true, size: 64,
 		count: 2_000_000, duration: 10 * time.Second, inflight: 100, drain: 60 * time.Second, quiet: 3 * time.Second},
 	"mqtt-fanout": {publishers: 1, subscribers: 50, qos: 0, size: 64,
-		count: 60_000, duration: 10 * time.Second, inflight: 100, drain: 60 * time.Second, quiet: 3 * time.Second},
+		count: 100_000, duration: 10 * time.Second, inflight: 100, drain: 60 * time.Second, quiet: 3 * time.Second},
 	"mqtt-persist": {publishers: 4, subscribers: 1, qos: 1, persistent: true, wildcard: true, size: 64,
 		count: 200_000, duration: 30 * time.Second, inflight: 100, drain: 60 * time.Second, quiet: 5 * time.Second},
 	"mqtt-latency": {publishers: 1, subscribers: 1, qos: 1, persistent: true, size: 64,

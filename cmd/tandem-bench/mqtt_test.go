@@ -62,7 +62,9 @@ func TestMQTTScenarios(t *testing.T) {
 		{"mqtt-fanout", func(c *mqttConfig) { c.subscribers = 5 }},
 		{"mqtt-persist", nil},
 		{"mqtt-persist", func(c *mqttConfig) { c.inflight = 1 }},
-		{"mqtt-latency", func(c *mqttConfig) { c.count, c.rate, c.duration, c.warmup = 200, 1000, 2 * time.Second, 100 * time.Millisecond }},
+		{"mqtt-latency", func(c *mqttConfig) {
+			c.count, c.rate, c.duration, c.warmup = 200, 1000, 2*time.Second, 100*time.Millisecond
+		}},
 	} {
 		cfg := mqttTestConfig(t, tc.scenario, addr)
 		if tc.tweak != nil {
