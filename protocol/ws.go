@@ -45,9 +45,9 @@ type WSConfig struct {
 	// Messages is WSBinary or WSText.
 	Messages WSMessages
 	// MaxMessageSize bounds one message from a client; a longer one closes
-	// the connection with status 1009. The bytes before the limit reach
-	// the protocol server as usual: a message is streamed, never buffered
-	// whole.
+	// the connection with status 1009. A message is streamed, never
+	// buffered whole: the part of a longer one read before the limit was
+	// seen may already have reached the protocol server.
 	MaxMessageSize int64
 	// OriginPatterns lists the browser origins allowed besides the
 	// request's own host: path.Match patterns on the origin's host
@@ -321,7 +321,10 @@ type wsConn struct {
 }
 
 func newWSConn(ws *websocket.Conn, raw net.Conn, l *WSListener) *wsConn {
-	ws.SetReadLimit(l.cfg.MaxMessageSize)
+	// The pump enforces MaxMessageSize itself, so that no byte past it is
+	// passed on; the library's own limit, which lets one more through, is
+	// a backstop.
+	ws.SetReadLimit(l.cfg.MaxMessageSize + 1)
 	// The HTTP server may have left a deadline on the connection.
 	_ = raw.SetDeadline(time.Time{})
 	pr, pw := net.Pipe()
@@ -362,8 +365,14 @@ func (c *wsConn) pumpMessages() error {
 			c.setStatus(websocket.StatusUnsupportedData, "binary messages only")
 			return errTextMessage
 		}
+		var size int64
 		for {
 			n, err := r.Read(buf)
+			if size += int64(n); size > c.l.cfg.MaxMessageSize {
+				// Nothing past the limit reaches the protocol server.
+				c.setStatus(websocket.StatusMessageTooBig, "message too big")
+				return fmt.Errorf("%w: over %d bytes", websocket.ErrMessageTooBig, c.l.cfg.MaxMessageSize)
+			}
 			if n > 0 {
 				if _, werr := c.pw.Write(buf[:n]); werr != nil {
 					return nil // Close closed the stream
@@ -399,13 +408,13 @@ func (c *wsConn) setStatus(code websocket.StatusCode, reason string) {
 	c.mu.Unlock()
 }
 
-// serve waits for the connection to end, by Close or by the client, then
-// does the closing handshake within CloseTimeout and waits for the pump.
+// serve waits for Close, then does the closing handshake within
+// CloseTimeout and waits for the pump. When the client's stream ends first
+// (a close frame, a broken connection, a message too big), the protocol
+// server sees that in Read and closes the connection, after a last ERROR
+// frame if it has one to send.
 func (c *wsConn) serve() {
-	select {
-	case <-c.closing:
-	case <-c.pumpDone:
-	}
+	<-c.closing
 	c.mu.Lock()
 	c.closed = true
 	code, reason := c.status, c.reason
@@ -500,7 +509,13 @@ func (c *wsConn) SetDeadline(t time.Time) error {
 
 func (c *wsConn) SetReadDeadline(t time.Time) error {
 	if err := c.pr.SetReadDeadline(t); err != nil {
-		return c.opError("set deadline", net.ErrClosed)
+		select {
+		case <-c.closing:
+			return c.opError("set deadline", net.ErrClosed)
+		default:
+			// The stream has ended (the pipe refuses deadlines then); the
+			// next Read says how.
+		}
 	}
 	return nil
 }

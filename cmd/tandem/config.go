@@ -15,6 +15,7 @@ import (
 	"github.com/tandem-mq/tandem/engine"
 	"github.com/tandem-mq/tandem/mqtt"
 	"github.com/tandem-mq/tandem/persist"
+	"github.com/tandem-mq/tandem/protocol"
 	"github.com/tandem-mq/tandem/stomp"
 	"go.yaml.in/yaml/v3"
 )
@@ -43,6 +44,8 @@ type Config struct {
 	Queues    QueuesConfig    `yaml:"queues"`
 	STOMP     STOMPConfig     `yaml:"stomp"`
 	MQTT      MQTTConfig      `yaml:"mqtt"`
+	TLS       TLSConfig       `yaml:"tls"`
+	WebSocket WebSocketConfig `yaml:"websocket"`
 }
 
 // MQTTConfig tunes the MQTT adapter. Every limit is finite.
@@ -102,14 +105,48 @@ type STOMPConfig struct {
 }
 
 // ListenersConfig holds the "host:port" addresses the broker listens on.
-// Port 0 picks a free port; the bound address is logged.
+// Port 0 picks a free port; the bound address is logged. "off" turns a
+// protocol listener off (not the admin one).
 type ListenersConfig struct {
-	// WebSocket is not served yet: its adapter arrives with its own issue.
-	MQTT      string `yaml:"mqtt"`
-	STOMP     string `yaml:"stomp"`
+	MQTT  string `yaml:"mqtt"`
+	STOMP string `yaml:"stomp"`
+	// WebSocket serves MQTT at /mqtt and STOMP at /stomp.
 	WebSocket string `yaml:"websocket"`
+	// The TLS listeners start only when tls.cert_file is set.
+	MQTTTLS      string `yaml:"mqtt_tls"`
+	STOMPTLS     string `yaml:"stomp_tls"`
+	WebSocketTLS string `yaml:"websocket_tls"`
 	// Admin serves /healthz and /readyz.
 	Admin string `yaml:"admin"`
+}
+
+// listenerOff is the address that turns a protocol listener off.
+const listenerOff = "off"
+
+// TLSConfig is the certificate of the TLS listeners.
+type TLSConfig struct {
+	// CertFile and KeyFile are PEM files: the certificate (with its
+	// chain) and its private key. Empty: the TLS listeners are off. New
+	// files are picked up without a restart (checked at most once a
+	// second).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// MinVersion is the oldest TLS version accepted: "1.2" or "1.3".
+	MinVersion string `yaml:"min_version"`
+}
+
+// enabled reports whether the TLS listeners start.
+func (t TLSConfig) enabled() bool { return t.CertFile != "" }
+
+// WebSocketConfig tunes the WebSocket listeners.
+type WebSocketConfig struct {
+	// AllowedOrigins are the browser origins allowed besides the
+	// listener's own host: host patterns ("app.example.com",
+	// "*.example.com") or "scheme://host" patterns. Requests without an
+	// Origin header (not from a browser) are always allowed.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+	// MaxMessageSize bounds one WebSocket message from a client.
+	MaxMessageSize ByteSize `yaml:"max_message_size"`
 }
 
 // LogConfig selects the log level and format.
@@ -178,6 +215,10 @@ const (
 	defaultMQTTAddr        = ":1883"
 	defaultSTOMPAddr       = ":61613"
 	defaultWebSocketAddr   = ":8080"
+	defaultMQTTTLSAddr     = ":8883"
+	defaultSTOMPTLSAddr    = ":61614"
+	defaultWSTLSAddr       = ":8443"
+	defaultTLSMinVersion   = "1.2"
 	defaultAdminAddr       = "127.0.0.1:9090"
 	defaultLogLevel        = "info"
 	defaultLogFormat       = "auto"
@@ -204,6 +245,10 @@ func (c *Config) EnsureDefaults() {
 	setDefault(&c.Listeners.MQTT, defaultMQTTAddr)
 	setDefault(&c.Listeners.STOMP, defaultSTOMPAddr)
 	setDefault(&c.Listeners.WebSocket, defaultWebSocketAddr)
+	setDefault(&c.Listeners.MQTTTLS, defaultMQTTTLSAddr)
+	setDefault(&c.Listeners.STOMPTLS, defaultSTOMPTLSAddr)
+	setDefault(&c.Listeners.WebSocketTLS, defaultWSTLSAddr)
+	setDefault(&c.TLS.MinVersion, defaultTLSMinVersion)
 	setDefault(&c.Listeners.Admin, defaultAdminAddr)
 	setDefault(&c.Log.Level, defaultLogLevel)
 	setDefault(&c.Log.Format, defaultLogFormat)
@@ -240,6 +285,10 @@ func (c *Config) EnsureDefaults() {
 	setDefault(&c.MQTT.ConnectTimeout, md.ConnectTimeout)
 	setDefault(&c.Queues.WindowSize, defaultWindowSize)
 	setDefault(&c.Queues.WindowBytes, defaultWindowBytes)
+	setDefault(&c.WebSocket.MaxMessageSize, c.defaultWSMessageSize())
+	if len(c.WebSocket.AllowedOrigins) == 0 {
+		c.WebSocket.AllowedOrigins = nil // "allowed_origins: []" is the same as none
+	}
 	c.Queues.Default = policyConfigOf(engine.DefaultPolicy().Merge(c.Queues.Default.policy()))
 }
 
@@ -278,7 +327,51 @@ func (c *Config) Validate() error {
 	if err := c.STOMP.validate(); err != nil {
 		return err
 	}
+	if err := c.TLS.validate(); err != nil {
+		return err
+	}
+	if err := c.WebSocket.validate(); err != nil {
+		return err
+	}
 	return c.MQTT.validate()
+}
+
+// defaultWSMessageSize is websocket.max_message_size when unset: room for
+// the largest MQTT packet and for the largest STOMP frame (body plus
+// header lines), so that a client sending one frame or packet per message
+// meets the same limits as over TCP. It expects the mqtt and stomp
+// sections to have their defaults.
+func (c *Config) defaultWSMessageSize() ByteSize {
+	stompFrame := c.STOMP.MaxFrameBody + c.STOMP.MaxHeaderLine*ByteSize(c.STOMP.MaxHeaders)
+	return min(max(c.MQTT.MaxPacketSize, stompFrame), maxWSMessageSize)
+}
+
+// Bounds of websocket.max_message_size.
+const (
+	minWSMessageSize = 1 << 10
+	maxWSMessageSize = 1 << 40
+)
+
+func (t TLSConfig) validate() error {
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		return errors.New("tls.cert_file and tls.key_file must be set together")
+	}
+	if _, err := protocol.ParseTLSVersion(t.MinVersion); err != nil {
+		return fmt.Errorf("tls.min_version must be 1.2 or 1.3, got %q", t.MinVersion)
+	}
+	return nil
+}
+
+func (w WebSocketConfig) validate() error {
+	if w.MaxMessageSize < minWSMessageSize || w.MaxMessageSize > maxWSMessageSize {
+		return fmt.Errorf("websocket.max_message_size must be between %v and %v, got %v", ByteSize(minWSMessageSize), ByteSize(maxWSMessageSize), w.MaxMessageSize)
+	}
+	for i, o := range w.AllowedOrigins {
+		if err := protocol.ValidateOriginPattern(o); err != nil {
+			return fmt.Errorf("websocket.allowed_origins[%d]: bad pattern %q", i, o)
+		}
+	}
+	return nil
 }
 
 func (m MQTTConfig) validate() error {
@@ -339,14 +432,23 @@ func (s STOMPConfig) serverConfig() stomp.Config {
 }
 
 func (l ListenersConfig) validate() error {
-	addrs := []struct{ key, addr string }{
-		{"listeners.mqtt", l.MQTT},
-		{"listeners.stomp", l.STOMP},
-		{"listeners.websocket", l.WebSocket},
-		{"listeners.admin", l.Admin},
+	addrs := []struct {
+		key, addr string
+		canBeOff  bool
+	}{
+		{"listeners.mqtt", l.MQTT, true},
+		{"listeners.stomp", l.STOMP, true},
+		{"listeners.websocket", l.WebSocket, true},
+		{"listeners.mqtt_tls", l.MQTTTLS, true},
+		{"listeners.stomp_tls", l.STOMPTLS, true},
+		{"listeners.websocket_tls", l.WebSocketTLS, true},
+		{"listeners.admin", l.Admin, false},
 	}
 	ports := map[int]string{}
 	for _, a := range addrs {
+		if a.canBeOff && a.addr == listenerOff {
+			continue
+		}
 		_, portStr, err := net.SplitHostPort(a.addr)
 		if err != nil {
 			return fmt.Errorf("%s: want host:port (such as \":1883\" or \"127.0.0.1:9090\"), got %q", a.key, a.addr)
@@ -575,6 +677,11 @@ var envVars = []struct {
 	{"TANDEM_MQTT_ADDR", "listeners.mqtt", func(c *Config, v string) { c.Listeners.MQTT = v }},
 	{"TANDEM_STOMP_ADDR", "listeners.stomp", func(c *Config, v string) { c.Listeners.STOMP = v }},
 	{"TANDEM_WS_ADDR", "listeners.websocket", func(c *Config, v string) { c.Listeners.WebSocket = v }},
+	{"TANDEM_MQTT_TLS_ADDR", "listeners.mqtt_tls", func(c *Config, v string) { c.Listeners.MQTTTLS = v }},
+	{"TANDEM_STOMP_TLS_ADDR", "listeners.stomp_tls", func(c *Config, v string) { c.Listeners.STOMPTLS = v }},
+	{"TANDEM_WSS_ADDR", "listeners.websocket_tls", func(c *Config, v string) { c.Listeners.WebSocketTLS = v }},
+	{"TANDEM_TLS_CERT_FILE", "tls.cert_file", func(c *Config, v string) { c.TLS.CertFile = v }},
+	{"TANDEM_TLS_KEY_FILE", "tls.key_file", func(c *Config, v string) { c.TLS.KeyFile = v }},
 	{"TANDEM_ADMIN_ADDR", "listeners.admin", func(c *Config, v string) { c.Listeners.Admin = v }},
 }
 

@@ -36,6 +36,15 @@ func TestDefaults(t *testing.T) {
 		{"listeners.stomp", c.Listeners.STOMP, ":61613"},
 		{"listeners.websocket", c.Listeners.WebSocket, ":8080"},
 		{"listeners.admin", c.Listeners.Admin, "127.0.0.1:9090"},
+		{"listeners.mqtt_tls", c.Listeners.MQTTTLS, ":8883"},
+		{"listeners.stomp_tls", c.Listeners.STOMPTLS, ":61614"},
+		{"listeners.websocket_tls", c.Listeners.WebSocketTLS, ":8443"},
+		{"tls.cert_file", c.TLS.CertFile, ""},
+		{"tls.enabled", c.TLS.enabled(), false},
+		{"tls.min_version", c.TLS.MinVersion, "1.2"},
+		{"websocket.allowed_origins", c.WebSocket.AllowedOrigins, []string(nil)},
+		// 16MiB of STOMP body + 128 header lines of 8KiB.
+		{"websocket.max_message_size", c.WebSocket.MaxMessageSize, ByteSize(17 << 20)},
 		{"log.level", c.Log.Level, "info"},
 		{"log.format", c.Log.Format, "auto"},
 		{"storage.sync", *c.Storage.Sync, true},
@@ -86,6 +95,13 @@ func TestValidate(t *testing.T) {
 		{"bad addr", func(c *Config) { c.Listeners.MQTT = "1883" }, `listeners.mqtt: want host:port`},
 		{"bad port", func(c *Config) { c.Listeners.STOMP = ":99999" }, `listeners.stomp: port must be a number from 0 to 65535`},
 		{"same port", func(c *Config) { c.Listeners.WebSocket = "127.0.0.1:1883" }, `listeners.mqtt and listeners.websocket both use port 1883`},
+		{"same tls port", func(c *Config) { c.Listeners.STOMPTLS = ":8883" }, `listeners.mqtt_tls and listeners.stomp_tls both use port 8883`},
+		{"admin off", func(c *Config) { c.Listeners.Admin = "off" }, `listeners.admin: want host:port`},
+		{"cert without key", func(c *Config) { c.TLS.CertFile = "cert.pem" }, `tls.cert_file and tls.key_file must be set together`},
+		{"key without cert", func(c *Config) { c.TLS.KeyFile = "key.pem" }, `tls.cert_file and tls.key_file must be set together`},
+		{"tls version", func(c *Config) { c.TLS.MinVersion = "1.1" }, `tls.min_version must be 1.2 or 1.3, got "1.1"`},
+		{"tiny ws message", func(c *Config) { c.WebSocket.MaxMessageSize = 100 }, `websocket.max_message_size must be between 1KiB and 1TiB, got 100`},
+		{"bad origin", func(c *Config) { c.WebSocket.AllowedOrigins = []string{"ok.example", "a["} }, `websocket.allowed_origins[1]: bad pattern "a["`},
 		{"negative disk limit", func(c *Config) { c.DiskFreeLimit = -1 }, `disk_free_limit must be positive`},
 		{"huge shutdown", func(c *Config) { c.ShutdownTimeout = 2 * time.Hour }, `shutdown_timeout must be between`},
 		{"tiny cache", func(c *Config) { c.Storage.CacheSize = 1024 }, `storage.cache_size must be between 1MiB and 1TiB, got 1KiB`},
@@ -468,5 +484,34 @@ func TestREADMEDocumentsEveryOption(t *testing.T) {
 		if !strings.Contains(readme, "`"+e.name+"`") {
 			t.Errorf("README.md does not document `%s`", e.name)
 		}
+	}
+}
+
+func TestListenersOff(t *testing.T) {
+	c := defaults()
+	c.Listeners.MQTT, c.Listeners.STOMP, c.Listeners.WebSocket = "off", "off", "off"
+	c.Listeners.MQTTTLS, c.Listeners.STOMPTLS, c.Listeners.WebSocketTLS = "off", "off", "off"
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWebSocketMessageSizeFollowsTheProtocolLimits(t *testing.T) {
+	var c Config
+	c.STOMP.MaxFrameBody = 64 << 20
+	c.EnsureDefaults()
+	if want := ByteSize(65 << 20); c.WebSocket.MaxMessageSize != want {
+		t.Errorf("max_message_size = %v with a 64MiB STOMP body, want %v", c.WebSocket.MaxMessageSize, want)
+	}
+	c = Config{}
+	c.MQTT.MaxPacketSize = 200 << 20
+	c.EnsureDefaults()
+	if want := ByteSize(200 << 20); c.WebSocket.MaxMessageSize != want {
+		t.Errorf("max_message_size = %v with a 200MiB MQTT packet, want %v", c.WebSocket.MaxMessageSize, want)
+	}
+	c = Config{WebSocket: WebSocketConfig{MaxMessageSize: 4096}}
+	c.EnsureDefaults()
+	if c.WebSocket.MaxMessageSize != 4096 {
+		t.Errorf("a set max_message_size was replaced: %v", c.WebSocket.MaxMessageSize)
 	}
 }

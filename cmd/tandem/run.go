@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -17,6 +17,7 @@ import (
 	"github.com/tandem-mq/tandem/engine"
 	"github.com/tandem-mq/tandem/mqtt"
 	"github.com/tandem-mq/tandem/persist"
+	"github.com/tandem-mq/tandem/protocol"
 	"github.com/tandem-mq/tandem/stomp"
 )
 
@@ -71,9 +72,11 @@ func report(w io.Writer, err error) {
 }
 
 // serve opens the store, starts the admin server, opens the engine (running
-// recovery), reports ready, and on ctx's end shuts down in order: admin
-// listener, broker, store. It returns once every goroutine it started has
-// ended.
+// recovery), starts the STOMP and MQTT servers on their TCP, TLS and
+// WebSocket listeners, reports ready, and on ctx's end shuts down in order:
+// WebSocket HTTP servers, MQTT and STOMP servers (every connection closed),
+// admin listener, broker, store. It returns once every goroutine it started
+// has ended.
 func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func()) (err error) {
 	// The data directory is locked first, so that a second instance on the
 	// same directory reports that, rather than a busy admin port.
@@ -93,15 +96,21 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 	log.Debug().Str("admin", admin.Addr()).Msg("admin listening")
 
 	var (
-		broker  *engine.Broker
-		stompLn *stompListener
-		mqttLn  *mqttListener
+		broker         *engine.Broker
+		stompSrv       *protoServer
+		mqttSrv        *protoServer
+		web            *webServer
+		closeWebServer = func() error { return nil }
 	)
 	defer func() {
 		ready.Store(false)
-		// The protocol servers close before the engine: every connection
-		// ends and every goroutine they started is joined first.
-		err = errors.Join(err, mqttLn.close(), stompLn.close(), shutdown(cfg, admin, broker, store))
+		// The WebSocket HTTP servers stop taking handshakes first; then
+		// the protocol servers close, before the engine: every connection
+		// ends and every goroutine they started is joined; then the
+		// WebSocket closing handshakes are waited for.
+		err = errors.Join(err, closeWebServer(), mqttSrv.shutdown(), stompSrv.shutdown())
+		web.wait()
+		err = errors.Join(err, shutdown(cfg, admin, broker, store))
 	}()
 
 	broker, err = engine.Open(store, cfg.Queues.engineConfig())
@@ -109,22 +118,60 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 		return fmt.Errorf("start engine on data directory %s: %w", cfg.DataDir, err)
 	}
 
-	stompLn, err = startSTOMP(cfg, broker, log)
+	var tlsCfg, wssCfg *tls.Config
+	if cfg.TLS.enabled() {
+		certs, err := protocol.NewCertReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile, log.With().Str("component", "tls").Logger(), nil)
+		if err != nil {
+			return err
+		}
+		minVersion, _ := protocol.ParseTLSVersion(cfg.TLS.MinVersion) // validated
+		tlsCfg = protocol.ServerTLSConfig(certs, minVersion, nil)
+		// HTTP/1.1 only: WebSocket upgrades are HTTP/1.1 requests.
+		wssCfg = protocol.ServerTLSConfig(certs, minVersion, []string{"http/1.1"})
+	}
+	web, err = newWebServer(cfg, log)
 	if err != nil {
 		return err
 	}
-	mqttLn, err = startMQTT(cfg, broker, log)
+	var stompWS, mqttWS *protocol.WSListener
+	if web != nil {
+		stompWS, mqttWS = web.stomp, web.mqtt
+	}
+
+	ss, err := stomp.NewServer(broker, cfg.STOMP.serverConfig(), log)
 	if err != nil {
 		return err
+	}
+	stompSrv, err = startSTOMP(cfg, ss, tlsCfg, stompWS)
+	if err != nil {
+		return err
+	}
+	ms, err := mqtt.NewServer(broker, cfg.MQTT.serverConfig(), log)
+	if err != nil {
+		return err
+	}
+	mqttSrv, err = startMQTT(cfg, ms, tlsCfg, mqttWS)
+	if err != nil {
+		return err
+	}
+	if web != nil {
+		closeWebServer = func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			defer cancel()
+			return web.closeHTTP(ctx)
+		}
+		if err := web.start(cfg, wssCfg); err != nil {
+			return err
+		}
 	}
 
 	if ctx.Err() == nil {
 		ready.Store(true)
-		log.Info().
-			Str("admin", admin.Addr()).
-			Str("stomp", stompLn.addr()).
-			Str("mqtt", mqttLn.addr()).
-			Str("data_dir", cfg.DataDir).
+		ev := log.Info().Str("admin", admin.Addr())
+		for _, a := range readyAddrs(stompSrv, mqttSrv, web) {
+			ev = ev.Str(a.key, a.addr)
+		}
+		ev.Str("data_dir", cfg.DataDir).
 			Bool("sync", *cfg.Storage.Sync).
 			Str("recovery", time.Since(start).Round(time.Microsecond).String()).
 			Msg("ready")
@@ -139,10 +186,12 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 	case <-admin.Done():
 		// The admin server failed; Shutdown below reports why.
 		log.Error().Msg("admin server stopped; shutting down")
-	case err := <-stompLn.done:
-		return fmt.Errorf("stomp listener %s: %w", stompLn.addr(), err)
-	case err := <-mqttLn.done:
-		return fmt.Errorf("mqtt listener %s: %w", mqttLn.addr(), err)
+	case <-stompSrv.Failed():
+		return nil // shutdown reports why
+	case <-mqttSrv.Failed():
+		return nil
+	case <-web.Failed():
+		return nil
 	}
 	if stopSignals != nil {
 		stopSignals()
@@ -191,74 +240,12 @@ func shutdown(cfg Config, admin *adminServer, broker *engine.Broker, store *pers
 	return errors.Join(errs...)
 }
 
-// stompListener is the STOMP server on its TCP listener.
-type stompListener struct {
-	srv  *stomp.Server
-	ln   net.Listener
-	done chan error // Serve's result
-}
-
-func startSTOMP(cfg Config, b *engine.Broker, log zerolog.Logger) (*stompListener, error) {
-	srv, err := stomp.NewServer(b, cfg.STOMP.serverConfig(), log)
-	if err != nil {
-		return nil, err
+// readyAddrs lists the bound addresses for the ready line: the protocol
+// listeners that are on, in a fixed order.
+func readyAddrs(stompSrv, mqttSrv *protoServer, web *webServer) []boundAddr {
+	out := append(append([]boundAddr(nil), stompSrv.addrs...), mqttSrv.addrs...)
+	if web != nil {
+		out = append(out, web.addrs...)
 	}
-	ln, err := net.Listen("tcp", cfg.Listeners.STOMP)
-	if err != nil {
-		return nil, fmt.Errorf("stomp listener: %w", err)
-	}
-	l := &stompListener{srv: srv, ln: ln, done: make(chan error, 1)}
-	go func() { l.done <- srv.Serve(ln) }()
-	return l, nil
-}
-
-func (l *stompListener) addr() string { return l.ln.Addr().String() }
-
-// close stops the STOMP server: no new connections, every open one closed
-// (unacked messages go back to their queues), all its goroutines joined.
-func (l *stompListener) close() error {
-	if l == nil {
-		return nil
-	}
-	err := l.srv.Close()
-	if serr := <-l.done; !errors.Is(serr, stomp.ErrServerClosed) {
-		err = errors.Join(err, serr)
-	}
-	return err
-}
-
-// mqttListener is the MQTT server on its TCP listener.
-type mqttListener struct {
-	srv  *mqtt.Server
-	ln   net.Listener
-	done chan error // Serve's result
-}
-
-func startMQTT(cfg Config, b *engine.Broker, log zerolog.Logger) (*mqttListener, error) {
-	srv, err := mqtt.NewServer(b, cfg.MQTT.serverConfig(), log)
-	if err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", cfg.Listeners.MQTT)
-	if err != nil {
-		return nil, fmt.Errorf("mqtt listener: %w", err)
-	}
-	l := &mqttListener{srv: srv, ln: ln, done: make(chan error, 1)}
-	go func() { l.done <- srv.Serve(ln) }()
-	return l, nil
-}
-
-func (l *mqttListener) addr() string { return l.ln.Addr().String() }
-
-// close stops the MQTT server: no new connections, every open one closed,
-// all its goroutines joined.
-func (l *mqttListener) close() error {
-	if l == nil {
-		return nil
-	}
-	err := l.srv.Close()
-	if serr := <-l.done; !errors.Is(serr, mqtt.ErrServerClosed) {
-		err = errors.Join(err, serr)
-	}
-	return err
+	return out
 }
