@@ -1,6 +1,8 @@
 // Package protocol holds what the MQTT and STOMP adapters share: how their
 // destinations and headers map onto engine addresses and message
-// properties, and how engine errors read on the wire.
+// properties, how engine errors read on the wire, and the transports under
+// both: WebSocket connections as net.Conn behind a net.Listener (ws.go)
+// and TLS certificates that reload without a restart (tlsconf.go).
 package protocol
 
 import (

@@ -353,9 +353,6 @@ func (c *wsConn) pump() {
 }
 
 func (c *wsConn) pumpMessages() error {
-	bp := wsReadBufs.Get().(*[]byte)
-	defer wsReadBufs.Put(bp)
-	buf := *bp
 	for {
 		typ, r, err := c.ws.Reader(context.Background())
 		if err != nil {
@@ -365,25 +362,39 @@ func (c *wsConn) pumpMessages() error {
 			c.setStatus(websocket.StatusUnsupportedData, "binary messages only")
 			return errTextMessage
 		}
-		var size int64
-		for {
-			n, err := r.Read(buf)
-			if size += int64(n); size > c.l.cfg.MaxMessageSize {
-				// Nothing past the limit reaches the protocol server.
-				c.setStatus(websocket.StatusMessageTooBig, "message too big")
-				return fmt.Errorf("%w: over %d bytes", websocket.ErrMessageTooBig, c.l.cfg.MaxMessageSize)
+		if err := c.pumpMessage(r); err != nil {
+			return err
+		}
+	}
+}
+
+// errStreamClosed ends the pump when Close has closed the read stream.
+var errStreamClosed = errors.New("websocket: read stream closed")
+
+// pumpMessage moves one message into the read stream. It holds a buffer
+// only while a message is coming in: an idle connection holds none.
+func (c *wsConn) pumpMessage(r io.Reader) error {
+	bp := wsReadBufs.Get().(*[]byte)
+	defer wsReadBufs.Put(bp)
+	buf := *bp
+	var size int64
+	for {
+		n, err := r.Read(buf)
+		if size += int64(n); size > c.l.cfg.MaxMessageSize {
+			// Nothing past the limit reaches the protocol server.
+			c.setStatus(websocket.StatusMessageTooBig, "message too big")
+			return fmt.Errorf("%w: over %d bytes", websocket.ErrMessageTooBig, c.l.cfg.MaxMessageSize)
+		}
+		if n > 0 {
+			if _, werr := c.pw.Write(buf[:n]); werr != nil {
+				return errStreamClosed
 			}
-			if n > 0 {
-				if _, werr := c.pw.Write(buf[:n]); werr != nil {
-					return nil // Close closed the stream
-				}
-			}
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				return err
-			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
 		}
 	}
 }
@@ -392,7 +403,7 @@ func (c *wsConn) pumpMessages() error {
 // normally: a close frame with status 1000 or 1001, a local close, or the
 // client going away.
 func isCleanWSEnd(err error) bool {
-	if err == nil || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
+	if err == nil || errors.Is(err, errStreamClosed) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
 		return true
 	}
 	switch websocket.CloseStatus(err) {

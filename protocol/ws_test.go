@@ -400,8 +400,8 @@ func TestWSOrigin(t *testing.T) {
 		origin string
 		code   int
 	}{
-		{"", 101},                   // not a browser
-		{"http://" + host, 101},     // same host
+		{"", 101},               // not a browser
+		{"http://" + host, 101}, // same host
 		{"http://a.example.com", 101},
 		{"https://app.test", 101},
 		{"http://app.test", 403}, // the pattern names the scheme
