@@ -296,7 +296,9 @@ var wsReadBufs = sync.Pool{New: func() any { b := make([]byte, wsReadBufSize); r
 // that times out leaves the connection usable, as on TCP. Each Write is one
 // message; the write deadline is the hijacked connection's, set only while
 // a Write is in progress (so that it never cuts off a pong the library
-// sends between writes).
+// sends between writes). A Write that times out leaves the connection
+// unusable, its message cut off; the protocol servers close it then, as
+// they do on TCP.
 //
 // Close returns at once; the closing handshake is done by serve, in the
 // handler's goroutine, bounded by CloseTimeout.
