@@ -209,27 +209,43 @@ func TestMQTT_3_3_2_PahoPropertiesRoundTrip(t *testing.T) {
 	}
 }
 
-// TestMQTT_3_2_2_3_4_MaximumQoS1: Tandem does not support QoS 2, so its MQTT
-// 5 CONNACK carries Maximum QoS 1 (5.0 3.2.2.3.4); a subscription
-// requesting QoS 2 is granted at most QoS 1 ("The Server might grant a
-// lower Maximum QoS than the subscriber requested", 3.8.4) or refused with
-// a failure code (0x80 or above, 3.9.3).
-func TestMQTT_3_2_2_3_4_MaximumQoS1(t *testing.T) {
+// TestMQTT_4_3_3_PahoQoS2: Tandem supports QoS 2, so its MQTT 5 CONNACK
+// carries no Maximum QoS (absent means 2, 5.0 3.2.2.3.4); a subscription
+// requesting QoS 2 is granted QoS 2; paho-mqtt's QoS 2 publish completes
+// (on_publish after PUBCOMP, 4.3.3) and reaches the QoS 2 subscriber once,
+// at QoS 2, payload unaltered.
+func TestMQTT_4_3_3_PahoQoS2(t *testing.T) {
 	for _, v := range pahoVersions {
 		t.Run(v, func(t *testing.T) {
 			t.Parallel()
 			run := runPahoPy(t, v)
 			if v == "5" {
 				for _, c := range run.find("connack") {
-					if q, ok := c.Props["MaximumQoS"]; !ok || fmt.Sprint(q) != "1" {
-						t.Errorf("%s: CONNACK Maximum QoS %v (present: %v), want 1 (3.2.2.3.4; absent means 2)", c.Conn, q, ok)
+					if q, ok := c.Props["MaximumQoS"]; ok {
+						t.Errorf("%s: CONNACK Maximum QoS %v, want none (QoS 2 supported)", c.Conn, q)
 					}
 				}
 			}
 			for _, s := range run.find("suback") {
-				if s.Requested == 2 && (len(s.Granted) != 1 || s.Granted[0] == 2) {
-					t.Errorf("SUBACK for %s at QoS 2 answered %v, want QoS 0 or 1 or a failure code", s.Filter, s.Granted)
+				if s.Requested == 2 && !slices.Equal(s.Granted, []int{2}) {
+					t.Errorf("SUBACK for %s at QoS 2 granted %v, want [2]", s.Filter, s.Granted)
 				}
+			}
+			m := run.message(t, "paho/qos2")
+			if m.QoS != 2 {
+				t.Errorf("QoS 2 message arrived at QoS %d", m.QoS)
+			}
+			if got, _ := hex.DecodeString(m.Payload); !bytes.Equal(got, pahoPayload) {
+				t.Errorf("QoS 2 message has payload %x, want %x", got, pahoPayload)
+			}
+			n := 0
+			for _, e := range run.find("message") {
+				if e.Topic == "paho/qos2" {
+					n++
+				}
+			}
+			if n != 1 {
+				t.Errorf("QoS 2 message arrived %d times, want once", n)
 			}
 		})
 	}

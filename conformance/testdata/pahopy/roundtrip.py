@@ -2,9 +2,9 @@
 
 A subscriber and a publisher connect (MQTT 3.1.1 or 5.0, clean sessions);
 the subscriber subscribes at QoS 1 and, on a second filter, at QoS 2; the
-publisher publishes at QoS 1 (with MQTT 5 properties when --version 5) and
-at QoS 0, waiting for each on_publish (for QoS 1: the PUBACK); the
-subscriber receives both. Every observation is printed as one JSON line,
+publisher publishes at QoS 1 (with MQTT 5 properties when --version 5), at
+QoS 0 and at QoS 2, waiting for each on_publish (QoS 1: the PUBACK; QoS 2:
+the PUBCOMP); the subscriber receives all three. Every observation is printed as one JSON line,
 {"event": ..., ...}; conformance/pahopy_test.go judges them. A wait that
 times out prints {"event": "timeout", "waiting_for": ...} and exits 3.
 
@@ -146,7 +146,7 @@ def main():
         props.UserProperty = ("unit", "C")
         props.UserProperty = ("sensor", "t1")
         props.ContentType = "application/octet-stream"
-    for topic, qos in (("paho/q1/data", 1), ("paho/q0/data", 0)):
+    for topic, qos in (("paho/q1/data", 1), ("paho/q0/data", 0), ("paho/qos2", 2)):
         info = pub.c.publish(topic, PAYLOAD, qos=qos, properties=props) if props else pub.c.publish(topic, PAYLOAD, qos=qos)
         pub.wait("publish", lambda mid, m=info.mid: mid == m)
         emit("published", conn="pub", topic=topic, qos=qos)
