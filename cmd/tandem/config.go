@@ -182,6 +182,39 @@ type QueuesConfig struct {
 	// Rules are tried in order; the first whose Match fits a queue's name
 	// is applied over Default.
 	Rules []RuleConfig `yaml:"rules"`
+	// Bindings route topics into queues: at every start each queue is
+	// declared (durable) if missing and bound to its topic filter.
+	Bindings []BindingConfig `yaml:"bindings"`
+}
+
+// BindingConfig binds a queue to a topic filter. Queue is a name or a
+// STOMP /queue/ destination; Topic is an MQTT-style filter (sensors/#) or
+// a STOMP /topic/ destination (/topic/sensors.#).
+type BindingConfig struct {
+	Queue string `yaml:"queue"`
+	Topic string `yaml:"topic"`
+}
+
+// engineBinding returns the engine queue and filter of a binding.
+func (bc BindingConfig) engineBinding() (queue, filter string, err error) {
+	queue, filter = bc.Queue, bc.Topic
+	if strings.HasPrefix(queue, protocol.STOMPQueuePrefix) {
+		queue = strings.TrimPrefix(queue, protocol.STOMPQueuePrefix)
+	}
+	if strings.HasPrefix(filter, protocol.STOMPTopicPrefix) {
+		d, err := protocol.ParseSTOMP(filter, true)
+		if err != nil {
+			return "", "", err
+		}
+		filter = d.Name
+	}
+	if err := engine.ValidateQueueName(queue); err != nil || strings.HasPrefix(queue, "$") {
+		return "", "", fmt.Errorf("bad queue name %q", bc.Queue)
+	}
+	if err := engine.ValidateFilter(filter); err != nil {
+		return "", "", fmt.Errorf("bad topic filter %q", bc.Topic)
+	}
+	return queue, filter, nil
 }
 
 // PolicyConfig is engine.Policy as written in YAML: the same keys, with
@@ -535,6 +568,11 @@ func (q QueuesConfig) validate() error {
 		}
 		if err := def.Merge(r.policy()).Validate(); err != nil {
 			return fmt.Errorf("queues.rules[%d] (match %q): %s", i, r.Match, policyProblem(err))
+		}
+	}
+	for i, bc := range q.Bindings {
+		if _, _, err := bc.engineBinding(); err != nil {
+			return fmt.Errorf("queues.bindings[%d]: %v", i, err)
 		}
 	}
 	// The engine's own check, in case it knows more than the above.

@@ -112,6 +112,8 @@ func TestValidate(t *testing.T) {
 		{"default overflow", func(c *Config) { c.Queues.Default.Overflow = "explode" }, `queues.default: overflow must be`},
 		{"rule without match", func(c *Config) { c.Queues.Rules = []RuleConfig{{}} }, `queues.rules[0]: match must not be empty`},
 		{"rule bad pattern", func(c *Config) { c.Queues.Rules = []RuleConfig{{Match: "a["}} }, `queues.rules[0]: bad match pattern "a["`},
+		{"binding bad filter", func(c *Config) { c.Queues.Bindings = []BindingConfig{{Queue: "q", Topic: "a/#/b"}} }, `queues.bindings[0]: bad topic filter "a/#/b"`},
+		{"binding reserved queue", func(c *Config) { c.Queues.Bindings = []BindingConfig{{Queue: "$mqtt/x", Topic: "a"}} }, `queues.bindings[0]: bad queue name "$mqtt/x"`},
 		{"rule bad policy", func(c *Config) {
 			c.Queues.Rules = []RuleConfig{{Match: "ok"}, {Match: "jobs.*", PolicyConfig: PolicyConfig{RedeliveryJitter: 2}}}
 		}, `queues.rules[1] (match "jobs.*"): redelivery_jitter must be between 0 and 1, got 2`},
@@ -445,6 +447,9 @@ func TestConfigsDirectory(t *testing.T) {
 			}
 			if len(c.Queues.Rules) == 0 {
 				c.Queues.Rules = nil // "rules: []" is the same as none
+			}
+			if len(c.Queues.Bindings) == 0 {
+				c.Queues.Bindings = nil
 			}
 			if !reflect.DeepEqual(c, defaults()) {
 				t.Errorf("configs/tandem.yaml differs from the defaults:\n got %+v\nwant %+v", c, defaults())

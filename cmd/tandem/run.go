@@ -117,6 +117,9 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 	if err != nil {
 		return fmt.Errorf("start engine on data directory %s: %w", cfg.DataDir, err)
 	}
+	if err := applyBindings(broker, cfg.Queues.Bindings); err != nil {
+		return err
+	}
 
 	var tlsCfg, wssCfg *tls.Config
 	if cfg.TLS.enabled() {
@@ -195,6 +198,24 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 	}
 	if stopSignals != nil {
 		stopSignals()
+	}
+	return nil
+}
+
+// applyBindings declares and binds the configured bindings (validated
+// already). Both steps are idempotent, so this runs at every start.
+func applyBindings(b *engine.Broker, bindings []BindingConfig) error {
+	for i, bc := range bindings {
+		queue, filter, err := bc.engineBinding()
+		if err == nil {
+			err = b.DeclareQueue(queue, engine.QueueOptions{})
+		}
+		if err == nil {
+			err = b.Bind(filter, queue)
+		}
+		if err != nil {
+			return fmt.Errorf("queues.bindings[%d] (%s -> %s): %w", i, bc.Topic, bc.Queue, err)
+		}
 	}
 	return nil
 }
