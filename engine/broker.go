@@ -514,6 +514,10 @@ func (b *Broker) QueueInfo(name string) (QueueInfo, error) {
 func (q *Queue) info() QueueInfo {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	return q.infoLocked()
+}
+
+func (q *Queue) infoLocked() QueueInfo {
 	return QueueInfo{
 		Name: q.name, Durable: q.durable, Policy: q.policy,
 		Messages: q.count, Bytes: q.bytes, Unacked: len(q.unacked),

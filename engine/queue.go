@@ -56,6 +56,10 @@ type QueueInfo struct {
 	Unacked   int
 	Consumers int
 	Stats     QueueStats
+	// Oldest is the publish time (Unix nanoseconds) of the oldest message
+	// the queue holds, 0 when it holds none. Only QueueFigures and
+	// QueueFigure fill it in.
+	Oldest int64
 }
 
 // Sink receives deliveries. Deliver is called with the queue's lock held: it
