@@ -147,6 +147,9 @@ type WebSocketConfig struct {
 	AllowedOrigins []string `yaml:"allowed_origins"`
 	// MaxMessageSize bounds one WebSocket message from a client.
 	MaxMessageSize ByteSize `yaml:"max_message_size"`
+	// LivePage serves a page at "/" of the WebSocket listeners where a
+	// person can subscribe, watch messages arrive and publish.
+	LivePage bool `yaml:"live_page"`
 }
 
 // LogConfig selects the log level and format.

@@ -135,8 +135,9 @@ const (
 	wsMaxHeaderBytes    = 64 << 10
 )
 
-// webServer serves the WebSocket endpoints, /mqtt and /stomp, on the
-// plain and TLS HTTP listeners.
+// webServer serves the WebSocket endpoints, /mqtt and /stomp, and the
+// live page at / when websocket.live_page is on, on the plain and TLS HTTP
+// listeners.
 type webServer struct {
 	mqtt, stomp *protocol.WSListener
 	addrs       []boundAddr
@@ -187,6 +188,11 @@ func (w *webServer) start(cfg Config, tlsCfg *tls.Config) error {
 	mux := http.NewServeMux()
 	mux.Handle("/mqtt", w.mqtt)
 	mux.Handle("/stomp", w.stomp)
+	if cfg.WebSocket.LivePage {
+		// "/" itself only: any other path stays 404.
+		mux.Handle("GET /{$}", liveHandler())
+		w.log.Info().Msg("live page on, at / of the websocket listeners")
+	}
 	if err := w.listen(mux, "websocket", cfg.Listeners.WebSocket, nil); err != nil {
 		return err
 	}
