@@ -14,6 +14,7 @@ import (
 	"github.com/go-stomp/stomp/v3/frame"
 	"github.com/rs/zerolog"
 	"github.com/tandem-mq/tandem/engine"
+	"github.com/tandem-mq/tandem/protocol"
 )
 
 // stateFunc handles one frame in the connection's current state.
@@ -58,6 +59,7 @@ type conn struct {
 	// Owned by the processor goroutine.
 	state     stateFunc
 	user      string
+	ident     *protocol.Identity // nil without Config.Auth: everything allowed
 	clientID  string
 	subs      map[string]*subscription // by the client's subscription id
 	subNums   map[uint64]*subscription // by the number in ack ids
@@ -386,16 +388,25 @@ func stateConnecting(c *conn, f *frame.Frame) error {
 		return errorf(f, "bad heart-beat header %q", truncate(f.Header.Get(frame.HeartBeat)))
 	}
 	user := f.Header.Get(frame.Login)
-	if auth := c.s.cfg.Authenticate; auth != nil {
-		u, err := auth(f.Header.Get(frame.Login), f.Header.Get(frame.Passcode), c.nc.RemoteAddr())
-		if err != nil {
-			c.log.Info().Str("login", user).Msg("authentication failed")
-			return errorf(f, "authentication failed")
+	c.clientID = f.Header.Get("client-id")
+	if auth := c.s.cfg.Auth; auth != nil {
+		pass, _ := f.Header.Contains(frame.Passcode)
+		client := c.clientID
+		if client == "" {
+			client = c.id
 		}
-		user = u
+		id, err := auth.Authenticate(protocol.Credentials{
+			Remote: c.nc.RemoteAddr(), User: user, Password: []byte(pass),
+			CertUser: certUser(c.nc), Client: client,
+		})
+		if err != nil {
+			c.log.Info().Str("login", user).Err(err).Msg("authentication failed")
+			return errorf(f, "authentication failed: %v", err)
+		}
+		c.ident = id
+		user = id.User
 	}
 	c.user = user
-	c.clientID = f.Header.Get("client-id")
 	// Heart-beats as the specification negotiates them: each direction's
 	// interval is the larger of what one side can do and the other wants.
 	var send, recv time.Duration

@@ -9,6 +9,7 @@ import (
 
 	gostomp "github.com/go-stomp/stomp/v3"
 	"github.com/tandem-mq/tandem/engine"
+	"github.com/tandem-mq/tandem/protocol"
 	"github.com/tandem-mq/tandem/stomp"
 )
 
@@ -88,57 +89,43 @@ func TestConnectNoCommonVersion(t *testing.T) {
 }
 
 // STOMP 1.2 §CONNECT or STOMP Frame (login, passcode): credentials go to
-// Config.Authenticate; a refusal is an ERROR and a closed connection.
+// Config.Auth; a refusal is an ERROR and a closed connection.
 func TestConnectAuthenticate(t *testing.T) {
-	type cred struct{ login, passcode string }
-	seen := make(chan cred, 4)
 	br := startBroker(t, engine.Config{}, func(c *stomp.Config) {
-		c.Authenticate = func(login, passcode string, remote net.Addr) (string, error) {
-			seen <- cred{login, passcode}
-			if login == "alice" && passcode == "s3cret" {
-				return "alice", nil
-			}
-			return "", stomp.ErrAuth
-		}
+		c.Auth = newAuth(t, protocol.AnonymousNone, "alice", "s3cret")
 	})
 	br.dial(gostomp.ConnOpt.Login("alice", "s3cret"))
-	if got := <-seen; got != (cred{"alice", "s3cret"}) {
-		t.Fatalf("Authenticate got %+v", got)
-	}
 	_, err := gostomp.Dial("tcp", br.addr, gostomp.ConnOpt.Login("alice", "wrong"), gostomp.ConnOpt.HeartBeat(0, 0))
 	var se gostomp.Error
 	if !errors.As(err, &se) || !strings.Contains(se.Message, "authentication failed") {
 		t.Fatalf("bad login: err %v", err)
 	}
-	<-seen
 	rc := br.raw()
 	rc.send("CONNECT", nil, "accept-version:1.2", "host:x", "login:bob", "passcode:nope", "receipt:r1")
 	if f := rc.expectError("authentication failed"); f.Get("receipt-id") != "r1" {
 		t.Fatalf("ERROR for a frame with a receipt header has receipt-id %q", f.Get("receipt-id"))
 	}
 	rc.expectClosed(5 * time.Second)
+	// No login at all: anonymous, which this configuration refuses.
+	rc = br.raw()
+	rc.send("CONNECT", nil, "accept-version:1.2", "host:x")
+	rc.expectError("authentication failed")
 }
 
 // STOMP 1.2 §Value Encoding: "The CONNECT and CONNECTED frames do not
-// escape ... octets": a backslash in a CONNECT header reaches Authenticate
-// as sent, and the server name in CONNECTED is not escaped.
+// escape ... octets": a backslash in a CONNECT header reaches the
+// authenticator as sent (the user is named with the backslashes), and the
+// server name in CONNECTED is not escaped.
 func TestConnectHeadersNotEscaped(t *testing.T) {
-	logins := make(chan string, 1)
 	br := startBroker(t, engine.Config{}, func(c *stomp.Config) {
 		c.ServerName = `tandem\test`
-		c.Authenticate = func(login, _ string, _ net.Addr) (string, error) {
-			logins <- login
-			return login, nil
-		}
+		c.Auth = newAuth(t, protocol.AnonymousNone, `a\cb\\c`, "p")
 	})
 	rc := br.raw()
 	rc.send("CONNECT", nil, "accept-version:1.2", "host:x", `login:a\cb\\c`, "passcode:p")
 	f := rc.read()
 	if f.Command != "CONNECTED" {
-		t.Fatalf("got %s %v", f.Command, f.Headers)
-	}
-	if got := <-logins; got != `a\cb\\c` {
-		t.Fatalf("login %q, want it unescaped as sent", got)
+		t.Fatalf("got %s %v: the login did not arrive as sent", f.Command, f.Headers)
 	}
 	if s := f.Get("server"); s != `tandem\test` {
 		t.Fatalf("CONNECTED server header %q, want it unescaped", s)

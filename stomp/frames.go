@@ -97,6 +97,10 @@ func (c *conn) message(f *frame.Frame) (*engine.Message, error) {
 		}
 		m.Topic, m.ToQueue = q, true
 	}
+	if !c.mayPublish(m) {
+		c.log.Info().Str("user", c.user).Str("destination", dest).Msg("send refused")
+		return nil, errorf(f, "not authorized to send to %s", truncate(dest))
+	}
 	n := f.Header.Len()
 	m.Props = make([]engine.Property, 0, n)
 	for i := 0; i < n; i++ {
@@ -262,6 +266,10 @@ func (c *conn) onSubscribe(f *frame.Frame) error {
 	d, err := protocol.ParseSTOMP(dest, true)
 	if err != nil {
 		return errorf(f, "%v", err)
+	}
+	if !c.maySubscribe(d) {
+		c.log.Info().Str("user", c.user).Str("destination", dest).Msg("subscribe refused")
+		return errorf(f, "not authorized to subscribe to %s", truncate(dest))
 	}
 	sub, err := c.newSubscription(id, dest, mode, credit)
 	if err != nil {

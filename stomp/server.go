@@ -26,8 +26,6 @@ import (
 // ErrServerClosed is returned by Serve after Close.
 var ErrServerClosed = errors.New("stomp: server closed")
 
-// ErrAuth is what an Authenticate hook returns to refuse a login.
-var ErrAuth = errors.New("stomp: authentication failed")
 
 // Config is the STOMP server's configuration. Every limit is finite.
 type Config struct {
@@ -52,9 +50,10 @@ type Config struct {
 	// counted); queue messages are bounded by credit instead and never
 	// dropped.
 	TopicBuffer int
-	// Authenticate checks a CONNECT's login and passcode and returns the
-	// user name. nil accepts everyone.
-	Authenticate func(login, passcode string, remote net.Addr) (string, error)
+	// Auth checks a CONNECT's login and passcode (or the TLS client
+	// certificate's user) and decides what the connection may publish and
+	// subscribe to. nil accepts everyone for everything.
+	Auth *protocol.Authenticator
 	// ServerName is sent in CONNECTED.
 	ServerName string
 }

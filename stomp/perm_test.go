@@ -1,0 +1,113 @@
+package stomp_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	gostomp "github.com/go-stomp/stomp/v3"
+	"github.com/tandem-mq/tandem/engine"
+	"github.com/tandem-mq/tandem/protocol"
+	"github.com/tandem-mq/tandem/stomp"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// newAuth returns an authenticator with one user (no rules unless given:
+// user, password, then publish and subscribe rule lists).
+func newAuth(t *testing.T, anon protocol.AnonymousMode, user, password string, rules ...[]string) *protocol.Authenticator {
+	t.Helper()
+	// The lowest cost keeps tests fast (bcrypt is slow on purpose, more
+	// so under -race); the broker's own hashes use the default.
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs protocol.Rules
+	if len(rules) == 2 {
+		if rs, err = protocol.ParseRules(rules[0], rules[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := protocol.NewAuthenticator([]protocol.User{{Name: user, Hash: hash, Rules: rs}}, anon, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// Permissions: a user limited to its own topics and one queue gets an
+// ERROR for a SEND or SUBSCRIBE outside them, and nothing refused is
+// published or subscribed; what is allowed works.
+func TestPermissions(t *testing.T) {
+	br := startBroker(t, engine.Config{}, func(c *stomp.Config) {
+		c.Auth = newAuth(t, protocol.AnonymousNone, "alice", "pw",
+			[]string{"sensors/%u/#", "queue:jobs"},
+			[]string{"/topic/sensors.*.temp", "queue:jobs"})
+	})
+	login := gostomp.ConnOpt.Login("alice", "pw")
+	c := br.dial(login)
+	sub, err := c.Subscribe("/topic/sensors.*.temp", gostomp.AckAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Send("/topic/sensors.alice.temp", "", []byte("21"), gostomp.SendOpt.Receipt); err != nil {
+		t.Fatal(err)
+	}
+	if m := <-sub.C; m.Err != nil || string(m.Body) != "21" {
+		t.Fatalf("allowed publish: %v", m)
+	}
+	if err := c.Send("/queue/jobs", "", []byte("job"), gostomp.SendOpt.Receipt); err != nil {
+		t.Fatal(err)
+	}
+
+	refused := []struct {
+		name  string
+		frame []string
+	}{
+		{"send to another user's topic", []string{"SEND", "destination:/topic/sensors.bob.temp", "receipt:r"}},
+		{"send to another queue", []string{"SEND", "destination:/queue/other", "receipt:r"}},
+		{"subscribe to everything", []string{"SUBSCRIBE", "destination:/topic/#", "id:s1", "receipt:r"}},
+		{"consume another queue", []string{"SUBSCRIBE", "destination:/queue/other", "id:s2", "receipt:r"}},
+	}
+	for _, r := range refused {
+		rc := br.raw()
+		rc.send("CONNECT", nil, "accept-version:1.2", "host:x", "login:alice", "passcode:pw")
+		if f := rc.read(); f.Command != "CONNECTED" {
+			t.Fatalf("%s: CONNECT got %s", r.name, f.Command)
+		}
+		rc.send(r.frame[0], []byte("x"), r.frame[1:]...)
+		rc.expectError("not authorized")
+		rc.expectClosed(5 * time.Second)
+	}
+	if q, err := br.b.QueueInfo("jobs"); err != nil || q.Messages != 1 {
+		t.Fatalf("jobs: %+v %v, want the one allowed message", q, err)
+	}
+	if _, err := br.b.QueueInfo("other"); !errors.Is(err, engine.ErrNoQueue) {
+		t.Fatalf("a refused SEND created queue other: %v", err)
+	}
+	// Nothing from the refused SEND reached the subscriber: the next
+	// message is a later allowed one.
+	if err := c.Send("/topic/sensors.alice.temp", "", []byte("22"), gostomp.SendOpt.Receipt); err != nil {
+		t.Fatal(err)
+	}
+	if m := <-sub.C; m.Err != nil || string(m.Body) != "22" {
+		t.Fatalf("got %v, want 22", m)
+	}
+}
+
+// With anonymous access "loopback" (the default), a client without a
+// login connects from 127.0.0.1 with every permission.
+func TestAnonymousLoopback(t *testing.T) {
+	br := startBroker(t, engine.Config{}, func(c *stomp.Config) {
+		c.Auth = newAuth(t, protocol.AnonymousLoopback, "alice", "pw", []string{"a"}, []string{"a"})
+	})
+	c := br.dial()
+	if err := c.Send("/queue/anything", "", []byte("x"), gostomp.SendOpt.Receipt); err != nil {
+		t.Fatal(err)
+	}
+	_, err := gostomp.Dial("tcp", br.addr, gostomp.ConnOpt.Login("alice", "bad"), gostomp.ConnOpt.HeartBeat(0, 0))
+	if err == nil || !strings.Contains(err.Error(), "authentication failed") {
+		t.Fatalf("a wrong password from loopback: %v", err)
+	}
+}
