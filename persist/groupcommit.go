@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/tandem-mq/tandem/engine"
@@ -117,8 +118,11 @@ func (s *Store) commitGroup(group []*commitReq) {
 	var err error
 	if n > 0 {
 		if err = counts.flush(pb); err == nil {
+			start := time.Now()
 			if cerr := pb.Commit(pebble.Sync); cerr != nil {
 				err = fmt.Errorf("persist: commit: %w", cerr)
+			} else if s.opts.OnSync != nil {
+				s.opts.OnSync(time.Since(start))
 			}
 		}
 	}

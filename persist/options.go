@@ -3,6 +3,7 @@ package persist
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/rs/zerolog"
@@ -36,6 +37,12 @@ type Options struct {
 	// lose batches whose Apply returned. It is UNSAFE: it breaks the
 	// durability contract and is meant only for tests and benchmarks.
 	NoSync bool
+	// OnSync, if set, is called after each synced commit (one group commit:
+	// one WAL write and fsync shared by the synced Applies that were
+	// waiting) with how long the commit took. It runs on the committing
+	// goroutine, ahead of the callers' wake-up, so it must be quick: the
+	// binary feeds a histogram with it.
+	OnSync func(time.Duration)
 }
 
 // EnsureDefaults fills in the zero fields of o with defaults and returns o.
