@@ -36,6 +36,7 @@ type conn struct {
 	reqExpiry uint32      // MQTT 5 Session Expiry Interval asked for
 	expiry    uint32      // granted (capped)
 	will      *willRecord // the CONNECT's will, stored; nil for none
+	ident     *protocol.Identity // nil without Config.Auth: everything allowed
 
 	// normal is set by a DISCONNECT that discards the will (MQTT 3.1.1, or
 	// MQTT 5 reason 0x00).
@@ -239,6 +240,17 @@ func (c *conn) publish(pk packets.Packet) {
 	if qos > 0 {
 		c.inQoS.Add(1)
 	}
+	if !c.mayPublish(pk.TopicName) {
+		c.log.Info().Str("topic", pk.TopicName).Msg("publish refused: not authorized")
+		if qos == 0 {
+			if !c.v5 {
+				c.cl.Stop(errNotAuthorized) // MQTT 3.1.1 cannot say why
+			}
+			return // MQTT 5: a QoS 0 publish has no ack to carry the refusal
+		}
+		c.pipe.push(pubItem{qos: qos, pid: pk.PacketID, err: errNotAuthorized})
+		return
+	}
 	c.pipe.push(pubItem{m: c.message(&pk, time.Now()), qos: qos, pid: pk.PacketID})
 }
 
@@ -354,6 +366,14 @@ func (c *conn) subscribeOne(f packets.Subscription) byte {
 		kind, queue = kindQueue, name
 	case engine.ValidateFilter(f.Filter) != nil:
 		return packets.ErrTopicFilterInvalid.Code
+	}
+	permName := inner
+	if kind == kindQueue {
+		permName = queue
+	}
+	if !c.maySubscribe(kind, permName) {
+		c.log.Info().Str("filter", f.Filter).Msg("subscription refused: not authorized")
+		return packets.ErrNotAuthorized.Code
 	}
 	c.mu.Lock()
 	old, had := c.subs[f.Filter]

@@ -41,6 +41,12 @@ func (h *hook) OnACLCheck(*mochi.Client, string, bool) bool { return true }
 // session is clean, so it forgets the client when it disconnects.
 func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 	cfg := &h.s.cfg
+	// mochi calls OnConnectAuthenticate only after OnConnect: credentials
+	// are checked here, before a session is taken over or a will stored.
+	ident, err := h.s.authenticate(cl, &pk)
+	if err != nil {
+		return err
+	}
 	lo, hi := uint16(cfg.KeepaliveMin/time.Second), uint16(cfg.KeepaliveMax/time.Second)
 	ka := cl.State.Keepalive
 	switch {
@@ -63,6 +69,16 @@ func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 		cl.State.ServerKeepalive = cl.Properties.ProtocolVersion == 5
 	}
 	c := newConn(h.s, cl)
+	c.ident = ident
+	if pk.Connect.WillFlag && validWillTopic(pk.Connect.WillTopic) && !c.mayPublish(pk.Connect.WillTopic) {
+		c.log.Info().Str("topic", pk.Connect.WillTopic).Msg("will refused: not authorized")
+		code := packets.ErrNotAuthorized
+		if !c.v5 {
+			code = packets.Err3NotAuthorized
+		}
+		_ = h.s.ms.SendConnack(cl, code, false, nil)
+		return code
+	}
 	if pk.Connect.WillFlag && !validWillTopic(pk.Connect.WillTopic) {
 		code := packets.ErrTopicNameInvalid
 		if !c.v5 {
@@ -141,6 +157,11 @@ func (h *hook) OnWill(*mochi.Client, mochi.Will) (mochi.Will, error) {
 func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
 	c := h.s.conn(cl)
 	if c == nil {
+		if pk.FixedHeader.Type == packets.Connect && pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0 {
+			// A zero-length password is valid too (MQTT 3.1.1 §3.1.3.5,
+			// MQTT 5 §3.1.3.6); mochi refuses it the same way.
+			pk.Connect.Password = emptyPassword
+		}
 		if pk.FixedHeader.Type == packets.Connect && pk.Connect.WillFlag && len(pk.Connect.WillPayload) == 0 {
 			// A zero-length will payload is valid (MQTT 3.1.1 §3.1.3.3:
 			// "zero or more bytes"; MQTT 5 §3.1.3.4: Binary Data), but

@@ -269,7 +269,7 @@ func reasonCode(err error) byte {
 		return packets.ErrQuotaExceeded.Code
 	case errors.Is(err, engine.ErrInvalidTopic), errors.Is(err, engine.ErrInvalidQueue):
 		return packets.ErrTopicNameInvalid.Code
-	case errors.Is(err, errSysTopic):
+	case errors.Is(err, errSysTopic), errors.Is(err, errNotAuthorized):
 		return packets.ErrNotAuthorized.Code
 	}
 	return packets.ErrUnspecifiedError.Code

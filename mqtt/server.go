@@ -113,6 +113,10 @@ type Config struct {
 	MaxRetainedBytes int64
 	// ConnectTimeout bounds the time from accept to a complete CONNECT.
 	ConnectTimeout time.Duration
+	// Auth checks a CONNECT's user name and password (or the TLS client
+	// certificate's user) and decides what the connection may publish and
+	// subscribe to. nil accepts everyone for everything.
+	Auth *protocol.Authenticator
 	// Clock runs session expiry; nil means the real clock. Tests pass the
 	// engine's fake clock.
 	Clock engine.Clock
