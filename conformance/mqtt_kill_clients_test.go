@@ -1,9 +1,11 @@
 package conformance
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -11,16 +13,18 @@ import (
 	"testing"
 	"time"
 
+	pahopackets "github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/eclipse/paho.golang/paho/session/state"
 	"github.com/eclipse/paho.golang/paho/store/memory"
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // The clients of the MQTT kill tests (mqtt_kill_test.go): a ledger of what
 // publishers were told, an inbox of what subscribers' applications were
-// handed, and paho.golang (MQTT 5) and paho.mqtt.golang (MQTT 3.1.1)
-// clients.
+// handed, paho.golang (MQTT 5) and paho.mqtt.golang (MQTT 3.1.1) clients,
+// and a sniffer that decodes what the broker sends a subscriber.
 
 // mqttPacketTimeout bounds one paho.golang request (CONNECT, SUBSCRIBE, a
 // PUBLISH's whole flow). A QoS 2 publish caught by the kill waits in its
@@ -226,6 +230,9 @@ type v5 struct {
 	out *memory.Store // st's store of PUBLISH and PUBREL packets awaiting their flow's end
 	in  *inbox        // receives what the application is handed; nil for a publisher
 	c   *paho.Client  // the current connection's client
+	// manualAck leaves received messages unacknowledged (no PUBACK or
+	// PUBREC is ever sent).
+	manualAck bool
 }
 
 // newV5 returns a client whose session state stays in memory.
@@ -245,7 +252,8 @@ func (v *v5) connect(addr string, clean bool, expiry uint32, wrap func(net.Conn)
 	if wrap != nil {
 		nc = wrap(nc)
 	}
-	cfg := paho.ClientConfig{ClientID: v.id, Conn: nc, Session: v.st, PacketTimeout: mqttPacketTimeout}
+	cfg := paho.ClientConfig{ClientID: v.id, Conn: nc, Session: v.st, PacketTimeout: mqttPacketTimeout,
+		EnableManualAcknowledgment: v.manualAck}
 	if v.in != nil {
 		cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){
 			func(pr paho.PublishReceived) (bool, error) { v.in.add(string(pr.Packet.Payload)); return true, nil },
@@ -448,4 +456,142 @@ func publishMarker(t *testing.T, addr string, qos byte, body string, topics ...s
 			t.Fatalf("marker to %s: %v (%+v)", topic, err, pr)
 		}
 	}
+}
+
+// sniffer decodes the MQTT 5 packets a client reads, to see what the
+// broker sends it beneath the client library: each PUBLISH's packet id and
+// DUP flag, and the PUBRELs.
+type sniffer struct {
+	mu    sync.Mutex
+	phase int // 0 before the kill, 1 after the restart
+	buf   []byte
+	err   error // decoding failed: nothing more is decoded
+	// firstID is the packet id each body had when first sent before the
+	// kill.
+	firstID map[string]uint16
+	// open are the packet ids of PUBLISHes since the restart.
+	open  map[uint16]bool
+	after snifferCounts
+}
+
+// snifferCounts is what the sniffer saw after the restart.
+type snifferCounts struct {
+	publishes, dupFlag int
+	// pubrels are the PUBRELs of flows begun before the kill (for a
+	// packet id not sent in a PUBLISH since).
+	pubrels int
+	// resent are PUBLISHes of bodies sent before the kill; sameID those of
+	// them with their first packet id and DUP 1, as [MQTT-4.4.0-1] and
+	// [MQTT-3.3.1-1] require. wrong names the others.
+	resent, sameID int
+	wrong          []string
+}
+
+func newSniffer() *sniffer { return &sniffer{firstID: map[string]uint16{}, open: map[uint16]bool{}} }
+
+// wrap is a connect wrap function.
+func (s *sniffer) wrap(nc net.Conn) net.Conn {
+	// paho.golang writes from several goroutines: with a wrapped conn its
+	// packets are written whole only if the conn is a sync.Locker.
+	return pahopackets.NewThreadSafeConn(&sniffConn{Conn: nc, s: s})
+}
+
+// restarted starts the second phase, for the connection to the restarted
+// broker.
+func (s *sniffer) restarted() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.phase, s.buf = 1, nil
+}
+
+func (s *sniffer) counts() (snifferCounts, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.after, s.err
+}
+
+type sniffConn struct {
+	net.Conn
+	s *sniffer
+}
+
+func (c *sniffConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.s.feed(p[:n])
+	}
+	return n, err
+}
+
+// feed decodes the complete packets in what was read so far.
+func (s *sniffer) feed(p []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
+	}
+	s.buf = append(s.buf, p...)
+	for len(s.buf) >= 2 {
+		size, lenBytes, err := packets.DecodeLength(bytes.NewReader(s.buf[1:]))
+		if errors.Is(err, io.EOF) {
+			return // the length is not all there yet
+		}
+		if err != nil {
+			s.err = fmt.Errorf("sniffer: remaining length: %w", err)
+			return
+		}
+		end := 1 + lenBytes + size
+		if len(s.buf) < end {
+			return
+		}
+		pk := packets.Packet{ProtocolVersion: 5}
+		if err := pk.FixedHeader.Decode(s.buf[0]); err != nil {
+			s.err = fmt.Errorf("sniffer: fixed header %#x: %w", s.buf[0], err)
+			return
+		}
+		switch pk.FixedHeader.Type {
+		case packets.Publish:
+			if err := pk.PublishDecode(s.buf[1+lenBytes : end]); err != nil {
+				s.err = fmt.Errorf("sniffer: PUBLISH: %w", err)
+				return
+			}
+			s.publish(string(pk.Payload), pk.PacketID, pk.FixedHeader.Dup)
+		case packets.Pubrel:
+			if err := pk.PubrelDecode(s.buf[1+lenBytes : end]); err != nil {
+				s.err = fmt.Errorf("sniffer: PUBREL: %w", err)
+				return
+			}
+			if s.phase == 1 && !s.open[pk.PacketID] {
+				s.after.pubrels++
+			}
+			delete(s.open, pk.PacketID)
+		}
+		s.buf = s.buf[end:]
+	}
+}
+
+func (s *sniffer) publish(body string, id uint16, dup bool) {
+	if s.phase == 0 {
+		if _, ok := s.firstID[body]; !ok {
+			s.firstID[body] = id
+		}
+		return
+	}
+	a := &s.after
+	a.publishes++
+	s.open[id] = true
+	if dup {
+		a.dupFlag++
+	}
+	first, ok := s.firstID[body]
+	if !ok {
+		return
+	}
+	a.resent++
+	if dup && id == first {
+		a.sameID++
+		return
+	}
+	name, _, _ := strings.Cut(body, " ")
+	a.wrong = append(a.wrong, fmt.Sprintf("%s: packet id %d (first %d), DUP %v", name, id, first, dup))
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -368,6 +369,204 @@ func TestKill9MQTTQoS2PublisherExactlyOnce(t *testing.T) {
 	}
 	if len(unknown) > 0 {
 		t.Errorf("%d messages nobody sent; first few: %q", len(unknown), unknown[:min(len(unknown), 5)])
+	}
+	b2.Stop(t)
+}
+
+// TestKill9MQTTQoS2SubscriberExactlyOnce: QoS 2 deliveries to a persistent
+// session stay exactly once across a kill of the broker. The broker
+// records each QoS 2 delivery's packet id, synced, before writing the
+// PUBLISH, so after the restart it re-sends a delivery the client did not
+// PUBREC with the same packet id and DUP 1, and the PUBREL of one it did
+// [MQTT-4.4.0-1], [MQTT-3.3.1-1]; the client's own duplicate detection
+// does the rest.
+//
+// The subscriber is paho.golang (MQTT 5) with a persistent session and a
+// QoS 2 subscription, online while two paho.golang publishers send
+// numbered QoS 2 messages. paho.golang dedups inbound QoS 2 itself, as
+// the receiver of MQTT 5 §4.3.3 Method B, and its session state outlives
+// the connection, so the test needs no client of its own: a PUBLISH whose
+// packet id it already PUBRECed, and not yet seen PUBREL for, is acked
+// again and not delivered, if it has DUP 1 (session/state/state.go in
+// v0.23.0; with DUP 0 it assumes a session mismatch and delivers it as a
+// new message). The sniffer checks the DUP flag on its own, so a broker
+// that re-sends without it fails on both counts. paho.mqtt.golang (MQTT
+// 3.1.1) could not be the subscriber: it hands every QoS 2 PUBLISH to the
+// application, re-sends included (net.go in v1.5.1;
+// eclipse-paho/paho.mqtt.golang#768).
+//
+// After a few thousand deliveries the broker is killed, restarted, and the
+// subscriber reconnects (session present 1) and drains. Every message
+// whose publisher got PUBCOMP must reach the application exactly once,
+// counting the deliveries before the kill. A sniffer under the client
+// checks what the broker re-sent: every PUBLISH of a message the client
+// had already been sent must carry its first packet id and DUP 1.
+func TestKill9MQTTQoS2SubscriberExactlyOnce(t *testing.T) {
+	const (
+		topic     = "kill/qos2recv"
+		killAfter = 2000 // deliveries before the kill
+		// The publishers outrun the subscriber: this bounds the backlog
+		// left to drain after the restart.
+		perPublisher = 2500
+	)
+	dir := t.TempDir()
+	b := startTandem(t, dir)
+	addr := mqttAddr(t, b)
+
+	in := newInbox()
+	sn := newSniffer()
+	sub := newV5("kill-q2-recv", in)
+	if _, err := sub.connect(addr, true, mqttSessionExpiry, sn.wrap); err != nil {
+		t.Fatalf("subscriber: %v", err)
+	}
+	if err := sub.subscribe(topic, 2); err != nil {
+		t.Fatalf("subscriber: %v", err)
+	}
+
+	l := newMQTTLedger()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var wg sync.WaitGroup
+	for _, name := range []string{"p1", "p2"} {
+		p := newV5("kill-q2recv-"+name, nil)
+		if _, err := p.connect(addr, true, 0, nil); err != nil {
+			t.Fatalf("publisher %s: %v", name, err)
+		}
+		wg.Go(func() {
+			publishV5(ctx, ctx, p.c, name, 2, 16, perPublisher, func(int) string { return topic }, l)
+		})
+	}
+
+	start := time.Now()
+	if !in.waitTotal(killAfter, mqttMaxTraffic) {
+		_, n := in.snapshot()
+		t.Logf("only %d deliveries after %v; killing anyway", n, mqttMaxTraffic)
+	}
+	b.Kill(t)
+	traffic := time.Since(start)
+	stop()
+	if !waitGroupFor(&wg, mqttClientTimeout) {
+		t.Logf("some publishers had not returned %v after the kill; their in-flight publishes count as unacked", mqttClientTimeout)
+	}
+	// Once the client stopped, everything it read was handed to the
+	// application and its PUBRECs recorded in its session state.
+	sub.waitGone(t)
+	s := l.freeze()
+	sent, acked := s.sent, s.acked
+	gotBefore, nBefore := in.snapshot()
+	t.Logf("traffic %v: %d PUBLISHes, %d PUBCOMPs to the publishers, %d deliveries to the subscriber before the kill",
+		traffic.Round(time.Millisecond), len(sent), len(acked), nBefore)
+
+	b2 := startTandem(t, dir)
+	addr = mqttAddr(t, b2)
+	sn.restarted()
+	ack, err := sub.connect(addr, false, mqttSessionExpiry, sn.wrap)
+	if err != nil {
+		t.Fatalf("subscriber after the restart: %v", err)
+	}
+	defer sub.disconnect(t)
+	if !ack.SessionPresent {
+		t.Fatal("subscriber: session present 0 after the restart (the session did not survive the kill)")
+	}
+	const marker = "marker-q2recv after the restart"
+	publishMarker(t, addr, 2, marker, topic)
+	drainInbox(t, "subscriber", in, acked, marker, mqttDrainTimeout)
+
+	got, total := in.snapshot()
+	total -= got[marker]
+	delete(got, marker)
+	var lost, dups, unknown []string
+	unacked, afterKill := 0, 0
+	for body := range acked {
+		if got[body] == 0 {
+			lost = append(lost, body)
+		}
+	}
+	for body, n := range got {
+		switch {
+		case !sent[body]:
+			unknown = append(unknown, body)
+		case !acked[body]:
+			unacked++
+		}
+		if n > 1 {
+			dups = append(dups, body)
+		}
+		if gotBefore[body] == 0 {
+			afterKill++
+		}
+	}
+	slices.Sort(lost)
+	slices.Sort(dups)
+	sc, snErr := sn.counts()
+	t.Logf("after the restart: %d more deliveries, %d messages delivered in all (%d of them first after the restart): lost %d, duplicates %d, delivered without a publisher's PUBCOMP %d",
+		total-nBefore, len(got), afterKill, len(lost), len(dups), unacked)
+	t.Logf("broker after the restart: %d PUBLISHes (%d with DUP 1), %d of messages sent before the kill (%d with their first packet id and DUP 1), %d PUBRELs of flows begun before the kill",
+		sc.publishes, sc.dupFlag, sc.resent, sc.sameID, sc.pubrels)
+	if snErr != nil {
+		t.Errorf("sniffer: %v", snErr)
+	}
+	if len(sc.wrong) > 0 {
+		t.Errorf("%d re-sent PUBLISHes without their first packet id or without DUP 1 [MQTT-4.4.0-1], [MQTT-3.3.1-1]; first few: %s",
+			len(sc.wrong), strings.Join(sc.wrong[:min(len(sc.wrong), 5)], "; "))
+	}
+	if len(dups) > 0 {
+		t.Errorf("%d QoS 2 messages reached the application more than once; first few: %s", len(dups), firstFew(dups))
+	}
+	if len(lost) > 0 {
+		t.Errorf("kill -9 lost %d QoS 2 messages whose PUBCOMP arrived; first few: %s", len(lost), firstFew(lost))
+	}
+	if len(unknown) > 0 {
+		t.Errorf("%d messages nobody sent; first few: %q", len(unknown), unknown[:min(len(unknown), 5)])
+	}
+	b2.Stop(t)
+}
+
+// TestMQTT_3_3_1_1_Kill9_QoS2ResendHasDUP is the smallest case of the
+// re-send checked above: one QoS 2 delivery that the client never PUBRECs,
+// a kill, and the re-send after the restart, which must carry the first
+// packet id [MQTT-4.4.0-1] and DUP 1 [MQTT-3.3.1-1].
+func TestMQTT_3_3_1_1_Kill9_QoS2ResendHasDUP(t *testing.T) {
+	const topic = "kill/dup"
+	dir := t.TempDir()
+	b := startTandem(t, dir)
+	in := newInbox()
+	sn := newSniffer()
+	sub := newV5("kill-dup-recv", in)
+	sub.manualAck = true // never PUBRECs
+	if _, err := sub.connect(mqttAddr(t, b), true, mqttSessionExpiry, sn.wrap); err != nil {
+		t.Fatalf("subscriber: %v", err)
+	}
+	if err := sub.subscribe(topic, 2); err != nil {
+		t.Fatalf("subscriber: %v", err)
+	}
+	const body = "dup-0000001 once"
+	publishMarker(t, mqttAddr(t, b), 2, body, topic)
+	if !in.waitTotal(1, mqttPacketTimeout) {
+		t.Fatal("the message never arrived")
+	}
+	b.Kill(t)
+	sub.waitGone(t)
+
+	b2 := startTandem(t, dir)
+	sn.restarted()
+	ack, err := sub.connect(mqttAddr(t, b2), false, mqttSessionExpiry, sn.wrap)
+	if err != nil {
+		t.Fatalf("subscriber after the restart: %v", err)
+	}
+	defer sub.disconnect(t)
+	if !ack.SessionPresent {
+		t.Fatal("session present 0 after the restart")
+	}
+	if !in.waitTotal(2, mqttPacketTimeout) {
+		t.Fatal("the message was not sent again after the restart")
+	}
+	sc, err := sn.counts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.resent != 1 || sc.sameID != 1 {
+		t.Errorf("after the restart: %d re-sent, %d with the first packet id and DUP 1, want 1 and 1: %v", sc.resent, sc.sameID, sc.wrong)
 	}
 	b2.Stop(t)
 }
