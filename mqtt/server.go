@@ -202,6 +202,7 @@ type Server struct {
 	wills  map[string]*pendingWill
 
 	nextConn atomic.Uint64
+	counts   protocol.ConnCounter // connections by transport (admin.go)
 	// Dropped counts QoS 0 messages dropped for slow subscribers.
 	Dropped atomic.Uint64
 	// RetainedRefused counts RETAIN publishes not retained because the
@@ -300,6 +301,7 @@ func (s *Server) register(nc net.Conn) bool {
 		return false
 	}
 	s.netConns[nc] = nil
+	s.counts.Opened(nc)
 	s.wg.Add(1) // done when serveConn returns
 	return true
 }
@@ -317,6 +319,7 @@ func (s *Server) serveConn(nc net.Conn) {
 		c := s.netConns[nc]
 		delete(s.netConns, nc)
 		s.mu.Unlock()
+		s.counts.Closed(nc)
 		if c != nil {
 			c.teardown() // normally done already by OnDisconnect
 		}

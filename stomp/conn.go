@@ -69,6 +69,8 @@ type conn struct {
 	pending   []pendingSend     // SENDs waiting to be committed together
 	connected bool
 	closing   bool
+
+	info connInfo // what operators see of it (admin.go)
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -439,6 +441,7 @@ func stateConnecting(c *conn, f *frame.Frame) error {
 	c.out.control(resp, false)
 	c.state = stateConnected
 	c.connected = true
+	c.info.setConnected(user, c.clientID, v)
 	c.log.Debug().Str("version", v.String()).Str("user", user).Dur("hb_send", send).Dur("hb_recv", recv).Msg("connected")
 	return nil
 }

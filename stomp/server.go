@@ -106,6 +106,7 @@ type Server struct {
 	wg        sync.WaitGroup // every goroutine the server starts
 
 	nextConn atomic.Uint64
+	counts   protocol.ConnCounter // connections by transport (admin.go)
 	// Dropped counts topic messages dropped for slow subscribers.
 	Dropped atomic.Uint64
 }
@@ -175,6 +176,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	}
 	c := newConn(s, nc)
 	s.conns[c] = struct{}{}
+	s.counts.Opened(nc)
 	s.wg.Add(1) // done when the connection is torn down
 	return c
 }
@@ -183,6 +185,7 @@ func (s *Server) forget(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
+	s.counts.Closed(c.nc)
 	s.wg.Done()
 }
 

@@ -63,6 +63,7 @@ func (c *conn) newSubscription(id, dest string, mode ackMode, credit int) (*subs
 	s := &subscription{c: c, id: id, dest: dest, num: c.nextSub, mode: mode, credit: credit}
 	c.subs[id] = s
 	c.subNums[s.num] = s
+	c.info.addSub(id, dest)
 	return s, nil
 }
 
@@ -131,6 +132,7 @@ func (s *subscription) close() {
 	}
 	delete(s.c.subs, s.id)
 	delete(s.c.subNums, s.num)
+	s.c.info.removeSub(s.id)
 	if s.topic != nil {
 		s.topic.Close()
 	}
