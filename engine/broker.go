@@ -519,7 +519,7 @@ func (q *Queue) info() QueueInfo {
 
 func (q *Queue) infoLocked() QueueInfo {
 	return QueueInfo{
-		Name: q.name, Durable: q.durable, Policy: q.policy,
+		Name: q.name, Durable: q.durable, Policy: q.policy, Override: q.opts.Policy,
 		Messages: q.count, Bytes: q.bytes, Unacked: len(q.unacked),
 		Consumers: len(q.consumers), Stats: q.stats,
 	}

@@ -48,9 +48,13 @@ type QueueStats struct {
 
 // QueueInfo describes a queue at one moment.
 type QueueInfo struct {
-	Name      string
-	Durable   bool
+	Name    string
+	Durable bool
+	// Policy is the queue's effective policy; Override the queue's own
+	// settings in it (SetPolicy, DeclareQueue), over the configured
+	// default and rules.
 	Policy    Policy
+	Override  Policy
 	Messages  int64 // ready + scheduled + unacked
 	Bytes     int64
 	Unacked   int

@@ -102,3 +102,41 @@ func TestQueueFigures(t *testing.T) {
 		t.Fatal("QueueFigure of a missing queue: no error")
 	}
 }
+
+// TestPolicyOverrideAtRunTime sets and clears a queue's own policy while it
+// runs: the effective policy changes at once, and the override survives a
+// restart.
+func TestPolicyOverrideAtRunTime(t *testing.T) {
+	h := newHarness(t, engine.Config{Rules: []engine.PolicyRule{{Match: "jobs", Policy: engine.Policy{MaxDeliveries: 3}}}})
+	if err := h.b.DeclareQueue("jobs", engine.QueueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	over := engine.Policy{TTL: time.Minute, MaxLength: 2, Overflow: engine.OverflowDropHead}
+	if err := h.b.SetPolicy("jobs", over); err != nil {
+		t.Fatal(err)
+	}
+	h.restart()
+	info, err := h.b.QueueInfo("jobs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Override != over || info.Policy.TTL != time.Minute || info.Policy.MaxDeliveries != 3 || info.Policy.MaxLength != 2 {
+		t.Fatalf("after restart: override %+v, policy %+v", info.Override, info.Policy)
+	}
+	for _, b := range []string{"a", "b", "c"} {
+		h.send("jobs", b)
+	}
+	if info, _ := h.b.QueueInfo("jobs"); info.Messages != 2 || info.Stats.Dropped != 1 {
+		t.Fatalf("max_length 2 with drop-head: %d messages, %d dropped", info.Messages, info.Stats.Dropped)
+	}
+	if err := h.b.SetPolicy("jobs", engine.Policy{}); err != nil {
+		t.Fatal(err)
+	}
+	h.restart()
+	if info, _ := h.b.QueueInfo("jobs"); info.Override != (engine.Policy{}) || info.Policy.TTL != 0 || info.Policy.MaxLength != -1 {
+		t.Fatalf("cleared: override %+v, policy %+v", info.Override, info.Policy)
+	}
+	if err := h.b.SetPolicy("jobs", engine.Policy{MaxLength: -5}); err == nil {
+		t.Fatal("an invalid policy was accepted")
+	}
+}
