@@ -209,6 +209,12 @@ func (a *Authenticator) check(c Credentials) (*Identity, error) {
 		}
 		return &Identity{a: a, User: c.CertUser, Client: c.Client}, nil
 	}
+	if name != "" && len(users.byName) == 0 && a.anonymousAllowed(c.Remote) {
+		// No users at all: a user name means nothing yet, and clients that
+		// always send one (guest/guest, admin/admin) connect as anonymous,
+		// as they do with Mosquitto's allow_anonymous and no password file.
+		name = ""
+	}
 	if name == "" {
 		switch a.anonymous.Load().(AnonymousMode) {
 		case AnonymousAny:
@@ -232,6 +238,17 @@ func (a *Authenticator) check(c Credentials) (*Identity, error) {
 		return nil, ErrBadCredentials
 	}
 	return &Identity{a: a, User: name, Client: c.Client}, nil
+}
+
+// anonymousAllowed reports whether anonymous access covers remote.
+func (a *Authenticator) anonymousAllowed(remote net.Addr) bool {
+	switch a.anonymous.Load().(AnonymousMode) {
+	case AnonymousAny:
+		return true
+	case AnonymousLoopback:
+		return isLoopback(remote)
+	}
+	return false
 }
 
 // dummyHash is compared against for unknown users (made on first use:

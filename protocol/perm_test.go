@@ -153,6 +153,17 @@ func TestAuthenticate(t *testing.T) {
 			t.Errorf("%s: %+v, %v; want user %q", tc.name, id, err, tc.user)
 		}
 	}
+	// With no users at all, a user name from loopback means nothing yet:
+	// the client is anonymous; from the network it is refused.
+	if err := a.SetUsers(nil, AnonymousLoopback); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := a.Authenticate(Credentials{Remote: local, User: "guest", Password: []byte("guest")}); err != nil || !id.Anonymous() {
+		t.Errorf("guest/guest from loopback without users: %+v, %v", id, err)
+	}
+	if _, err := a.Authenticate(Credentials{Remote: remote, User: "guest", Password: []byte("guest")}); err == nil {
+		t.Error("guest/guest from the network without users was let in")
+	}
 	if err := a.SetUsers(nil, AnonymousNone); err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,7 @@ type Config struct {
 	MQTT      MQTTConfig      `yaml:"mqtt"`
 	TLS       TLSConfig       `yaml:"tls"`
 	WebSocket WebSocketConfig `yaml:"websocket"`
+	Auth      AuthConfig      `yaml:"auth"`
 }
 
 // MQTTConfig tunes the MQTT adapter. Every limit is finite.
@@ -133,6 +134,10 @@ type TLSConfig struct {
 	KeyFile  string `yaml:"key_file"`
 	// MinVersion is the oldest TLS version accepted: "1.2" or "1.3".
 	MinVersion string `yaml:"min_version"`
+	// ClientCA is a PEM file of the CAs that sign client certificates.
+	// When set, a client may present a certificate; a verified one logs
+	// in as the user its subject's common name names.
+	ClientCA string `yaml:"client_ca"`
 }
 
 // enabled reports whether the TLS listeners start.
@@ -276,6 +281,7 @@ const (
 // EnsureDefaults fills every unset field with its default.
 func (c *Config) EnsureDefaults() {
 	setDefault(&c.DataDir, defaultDataDir)
+	setDefault(&c.Auth.Anonymous, defaultAnonymous)
 	setDefault(&c.DiskFreeLimit, defaultDiskFreeLimit)
 	setDefault(&c.ShutdownTimeout, defaultShutdownTimeout)
 	setDefault(&c.Listeners.MQTT, defaultMQTTAddr)
@@ -369,6 +375,9 @@ func (c *Config) Validate() error {
 	if err := c.WebSocket.validate(); err != nil {
 		return err
 	}
+	if err := c.Auth.validate(); err != nil {
+		return err
+	}
 	return c.MQTT.validate()
 }
 
@@ -394,6 +403,9 @@ func (t TLSConfig) validate() error {
 	}
 	if _, err := protocol.ParseTLSVersion(t.MinVersion); err != nil {
 		return fmt.Errorf("tls.min_version must be 1.2 or 1.3, got %q", t.MinVersion)
+	}
+	if t.ClientCA != "" && t.CertFile == "" {
+		return errors.New("tls.client_ca needs tls.cert_file and tls.key_file")
 	}
 	return nil
 }

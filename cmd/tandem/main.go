@@ -23,12 +23,19 @@ func main() {
 // mainCode runs the broker with the process's arguments, environment and
 // signals, and returns the exit code.
 func mainCode() int {
+	if len(os.Args) > 1 && os.Args[1] == "passwd" {
+		return passwd(os.Stdin, os.Stdout, os.Stderr)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	return run(ctx, process{
 		args:        os.Args[1:],
 		getenv:      os.Getenv,
 		stderr:      os.Stderr,
 		stopSignals: stop,
+		hup:         hup,
 	})
 }

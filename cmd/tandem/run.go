@@ -37,6 +37,9 @@ type process struct {
 	// stopSignals is called when shutdown begins, so that a second signal
 	// takes its default action and kills the process.
 	stopSignals func()
+	// hup delivers SIGHUP: the users are re-read. nil in tests that do
+	// not reload.
+	hup <-chan os.Signal
 }
 
 // run is the whole program. It returns the exit code. ctx is cancelled by
@@ -56,7 +59,21 @@ func run(ctx context.Context, p process) int {
 		return exitConfig
 	}
 	log := newLogger(cfg.Log, p.stderr)
-	if err := serve(ctx, cfg, log, p.stopSignals); err != nil {
+	auth, err := newAuthenticator(cfg.Auth)
+	if err != nil {
+		report(p.stderr, err)
+		return exitConfig
+	}
+	if p.hup != nil {
+		reloadCtx, stopReloads := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			watchReloads(reloadCtx, p.hup, auth, func() (Config, error) { return loadConfig(f, p.getenv) }, log)
+		}()
+		defer func() { stopReloads(); <-done }()
+	}
+	if err := serve(ctx, cfg, log, p.stopSignals, auth); err != nil {
 		report(p.stderr, err)
 		return exitRuntime
 	}
@@ -77,7 +94,7 @@ func report(w io.Writer, err error) {
 // WebSocket HTTP servers, MQTT and STOMP servers (every connection closed),
 // admin listener, broker, store. It returns once every goroutine it started
 // has ended.
-func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func()) (err error) {
+func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func(), auth *protocol.Authenticator) (err error) {
 	// The data directory is locked first, so that a second instance on the
 	// same directory reports that, rather than a busy admin port.
 	start := time.Now()
@@ -120,6 +137,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 	if err := applyBindings(broker, cfg.Queues.Bindings); err != nil {
 		return err
 	}
+	logAccess(auth, cfg.Auth, log)
 
 	var tlsCfg, wssCfg *tls.Config
 	if cfg.TLS.enabled() {
@@ -131,6 +149,17 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 		tlsCfg = protocol.ServerTLSConfig(certs, minVersion, nil)
 		// HTTP/1.1 only: WebSocket upgrades are HTTP/1.1 requests.
 		wssCfg = protocol.ServerTLSConfig(certs, minVersion, []string{"http/1.1"})
+		if cfg.TLS.ClientCA != "" {
+			pool, err := clientCAs(cfg.TLS.ClientCA)
+			if err != nil {
+				return err
+			}
+			// A client may present a certificate; a verified one names
+			// its user (protocol.Credentials.CertUser).
+			for _, c := range []*tls.Config{tlsCfg, wssCfg} {
+				c.ClientCAs, c.ClientAuth = pool, tls.VerifyClientCertIfGiven
+			}
+		}
 	}
 	web, err = newWebServer(cfg, log)
 	if err != nil {
@@ -141,7 +170,9 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 		stompWS, mqttWS = web.stomp, web.mqtt
 	}
 
-	ss, err := stomp.NewServer(broker, cfg.STOMP.serverConfig(), log)
+	stompCfg := cfg.STOMP.serverConfig()
+	stompCfg.Auth = auth
+	ss, err := stomp.NewServer(broker, stompCfg, log)
 	if err != nil {
 		return err
 	}
@@ -149,7 +180,9 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 	if err != nil {
 		return err
 	}
-	ms, err := mqtt.NewServer(broker, cfg.MQTT.serverConfig(), log)
+	mqttCfg := cfg.MQTT.serverConfig()
+	mqttCfg.Auth = auth
+	ms, err := mqtt.NewServer(broker, mqttCfg, log)
 	if err != nil {
 		return err
 	}
