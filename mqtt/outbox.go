@@ -214,14 +214,18 @@ func (o *outbox) take(spare []outItem) (items []outItem, closed bool) {
 // one. Credit keeps the deliveries awaiting acks at most MaxInflight (<
 // 65535), so a free id always exists unless stale QoS 2 records fill the
 // space.
-func (o *outbox) allocID(f flight) (uint16, bool) {
+//
+// resent is set when the id comes from a record: the message was sent
+// before, so it goes out with DUP 1 [MQTT-3.3.1-1] even when the engine's
+// delivery count, which a crash does not keep, says first attempt.
+func (o *outbox) allocID(f flight) (id uint16, resent, ok bool) {
 	o.idMu.Lock()
 	defer o.idMu.Unlock()
 	if f.qos == 2 && f.tag != 0 {
 		if id, ok := o.q2seq[entryKey{f.queue, f.tag}]; ok {
 			delete(o.q2seq, entryKey{f.queue, f.tag})
 			o.inflight[id] = f
-			return id, true
+			return id, true, true
 		}
 	}
 	for range 1 << 16 {
@@ -236,9 +240,9 @@ func (o *outbox) allocID(f flight) (uint16, bool) {
 			continue
 		}
 		o.inflight[o.lastID] = f
-		return o.lastID, true
+		return o.lastID, false, true
 	}
-	return 0, false
+	return 0, false, false
 }
 
 // recordQoS2 makes the QoS 2 queue delivery with packet id durable before
@@ -518,11 +522,12 @@ func (o *outbox) appendDelivery(buf []byte, pb *bytes.Buffer, acks []flight, d e
 	}
 	if pk.FixedHeader.Qos > 0 {
 		fl.qos = pk.FixedHeader.Qos
-		id, ok := o.allocID(fl)
+		id, resent, ok := o.allocID(fl)
 		if !ok {
 			return buf, acks, false
 		}
 		pk.PacketID = id
+		pk.FixedHeader.Dup = pk.FixedHeader.Dup || resent
 	} else if fromQueue {
 		acks = append(acks, fl) // QoS 0: at most once, done once written
 	}
