@@ -100,3 +100,22 @@ func (c *conn) maySubscribe(kind subKind, name string) bool {
 
 // errNotAuthorized refuses a publish the identity does not allow.
 var errNotAuthorized = protocol.ErrNotAuthorized
+
+// admit takes the connection's Limiter slot. On a refusal it has sent the
+// CONNACK and returns the code as the error.
+func (s *Server) admit(cl *mochi.Client) (func(), error) {
+	release, err := s.cfg.Limiter.Admit(cl.Net.Conn.RemoteAddr())
+	if err == nil {
+		return release, nil
+	}
+	s.log.Info().Str("client", cl.ID).Str("remote", cl.Net.Remote).Err(err).Msg("connection refused")
+	code := packets.ErrQuotaExceeded
+	switch {
+	case cl.Properties.ProtocolVersion != 5:
+		code = packets.Err3ServerUnavailable
+	case errors.Is(err, protocol.ErrConnectionRateExceed):
+		code = packets.ErrConnectionRateExceeded
+	}
+	_ = s.ms.SendConnack(cl, code, false, nil)
+	return nil, code
+}

@@ -144,3 +144,22 @@ func TestPermissionsMQTT(t *testing.T) {
 		t.Fatalf("MQTT 3.1.1 refused publish: got %+v (%v), want the connection closed", pk.FixedHeader, err)
 	}
 }
+
+// Connection limits answer at CONNECT: over the limit MQTT 5 gets CONNACK
+// 0x97, MQTT 3.1.1 0x03; a slot comes back when its connection ends. (The
+// per-address and rate limits, which spare loopback, are tested in
+// protocol; their refusal is 0x97 and 0x9F.)
+func TestConnectionLimits(t *testing.T) {
+	lim := protocol.NewConnLimiter(protocol.ConnLimits{MaxConnections: 1}, nil)
+	br := startBroker(t, options{cfg: func(c *mqtt.Config) { c.Limiter = lim }})
+	first, _ := br.dialRaw("first", 5, packets.Properties{})
+	for v, want := range map[byte]byte{5: 0x97, 4: 0x03} {
+		_, ack, err := br.tryConnect("second", v, nil)
+		if err != nil || ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != want {
+			t.Fatalf("version %d over the limit: %+v (%v), want CONNACK %#x", v, ack.FixedHeader, err, want)
+		}
+	}
+	first.nc.Close()
+	waitUntil(t, "the first connection's slot to come back", func() bool { return lim.Open() == 0 })
+	br.dialRaw("third", 5, packets.Properties{})
+}

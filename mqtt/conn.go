@@ -37,6 +37,7 @@ type conn struct {
 	expiry    uint32      // granted (capped)
 	will      *willRecord // the CONNECT's will, stored; nil for none
 	ident     *protocol.Identity // nil without Config.Auth: everything allowed
+	release   func()             // the connection's Limiter slot (teardown)
 
 	// normal is set by a DISCONNECT that discards the will (MQTT 3.1.1, or
 	// MQTT 5 reason 0x00).
@@ -179,6 +180,9 @@ func (c *conn) teardown() {
 		c.s.releaseSession(c)
 		c.s.releaseShares(shares)
 		c.s.detach(c)
+		if c.release != nil {
+			c.release()
+		}
 	})
 }
 

@@ -41,6 +41,16 @@ func (h *hook) OnACLCheck(*mochi.Client, string, bool) bool { return true }
 // session is clean, so it forgets the client when it disconnects.
 func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 	cfg := &h.s.cfg
+	release, err := h.s.admit(cl)
+	if err != nil {
+		return err
+	}
+	connected := false
+	defer func() {
+		if !connected {
+			release()
+		}
+	}()
 	// mochi calls OnConnectAuthenticate only after OnConnect: credentials
 	// are checked here, before a session is taken over or a will stored.
 	ident, err := h.s.authenticate(cl, &pk)
@@ -70,6 +80,7 @@ func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 	}
 	c := newConn(h.s, cl)
 	c.ident = ident
+	c.release = release
 	if pk.Connect.WillFlag && validWillTopic(pk.Connect.WillTopic) && !c.mayPublish(pk.Connect.WillTopic) {
 		c.log.Info().Str("topic", pk.Connect.WillTopic).Msg("will refused: not authorized")
 		code := packets.ErrNotAuthorized
@@ -122,6 +133,7 @@ func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 	// mochi then forgets the client when it disconnects; for MQTT 5, the
 	// session expiry cap of 0 (NewServer) does the same.
 	cl.Properties.Clean = true
+	connected = true
 	return nil
 }
 

@@ -117,6 +117,10 @@ type Config struct {
 	// certificate's user) and decides what the connection may publish and
 	// subscribe to. nil accepts everyone for everything.
 	Auth *protocol.Authenticator
+	// Limiter bounds connections in total, per address and per second;
+	// one over a limit gets CONNACK 0x97 or 0x9F (MQTT 3.1.1: 0x03). nil:
+	// no limit.
+	Limiter *protocol.ConnLimiter
 	// Clock runs session expiry; nil means the real clock. Tests pass the
 	// engine's fake clock.
 	Clock engine.Clock

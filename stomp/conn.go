@@ -60,6 +60,7 @@ type conn struct {
 	state     stateFunc
 	user      string
 	ident     *protocol.Identity // nil without Config.Auth: everything allowed
+	release   func()             // the connection's Limiter slot, once CONNECTed
 	clientID  string
 	subs      map[string]*subscription // by the client's subscription id
 	subNums   map[uint64]*subscription // by the number in ack ids
@@ -107,6 +108,9 @@ func (c *conn) run() {
 	go func() { defer wg.Done(); c.readLoop() }()
 	c.process()
 	c.teardown()
+	if c.release != nil {
+		c.release()
+	}
 	// The reader may have queued an ERROR (bad frame, timeout) just before
 	// it stopped: let the writer send what is queued and close, rather than
 	// closing the socket under it, but not for longer than flushTimeout.
@@ -389,6 +393,12 @@ func stateConnecting(c *conn, f *frame.Frame) error {
 	if !ok && v >= V11 {
 		return errorf(f, "bad heart-beat header %q", truncate(f.Header.Get(frame.HeartBeat)))
 	}
+	release, err := c.s.cfg.Limiter.Admit(c.nc.RemoteAddr())
+	if err != nil {
+		c.log.Info().Err(err).Msg("connection refused")
+		return errorf(f, "%v", err)
+	}
+	c.release = release
 	user := f.Header.Get(frame.Login)
 	c.clientID = f.Header.Get("client-id")
 	if auth := c.s.cfg.Auth; auth != nil {

@@ -111,3 +111,20 @@ func TestAnonymousLoopback(t *testing.T) {
 		t.Fatalf("a wrong password from loopback: %v", err)
 	}
 }
+
+// Over a connection limit, CONNECT gets an ERROR naming the limit; the slot
+// comes back when the connection ends.
+func TestConnectionLimit(t *testing.T) {
+	lim := protocol.NewConnLimiter(protocol.ConnLimits{MaxConnections: 1}, nil)
+	br := startBroker(t, engine.Config{}, func(c *stomp.Config) { c.Limiter = lim })
+	c := br.dial()
+	rc := br.raw()
+	rc.send("CONNECT", nil, "accept-version:1.2", "host:x")
+	rc.expectError("too many connections")
+	rc.expectClosed(5 * time.Second)
+	if err := c.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the slot to come back", func() bool { return lim.Open() == 0 })
+	br.dial()
+}

@@ -54,6 +54,9 @@ type Config struct {
 	// certificate's user) and decides what the connection may publish and
 	// subscribe to. nil accepts everyone for everything.
 	Auth *protocol.Authenticator
+	// Limiter bounds connections in total, per address and per second;
+	// one over a limit gets an ERROR at CONNECT. nil: no limit.
+	Limiter *protocol.ConnLimiter
 	// ServerName is sent in CONNECTED.
 	ServerName string
 }

@@ -47,6 +47,34 @@ type Config struct {
 	TLS       TLSConfig       `yaml:"tls"`
 	WebSocket WebSocketConfig `yaml:"websocket"`
 	Auth      AuthConfig      `yaml:"auth"`
+	Limits    LimitsConfig    `yaml:"limits"`
+}
+
+// LimitsConfig bounds connections for both protocols and every transport.
+// The per-address limits spare loopback clients.
+type LimitsConfig struct {
+	// MaxConnections bounds the open connections (all protocols).
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerAddress bounds one client address's connections.
+	MaxConnectionsPerAddress int `yaml:"max_connections_per_address"`
+	// ConnectionRatePerAddress is how many connections per second one
+	// address may open on average, in bursts of up to ConnectionBurst.
+	ConnectionRatePerAddress float64 `yaml:"connection_rate_per_address"`
+	ConnectionBurst          int     `yaml:"connection_burst"`
+}
+
+func (l LimitsConfig) validate() error {
+	if l.MaxConnections < 1 || l.MaxConnectionsPerAddress < 1 || l.ConnectionRatePerAddress <= 0 || l.ConnectionBurst < 1 {
+		return errors.New("limits: max_connections, max_connections_per_address, connection_rate_per_address and connection_burst must be positive")
+	}
+	return nil
+}
+
+func (l LimitsConfig) limiter() *protocol.ConnLimiter {
+	return protocol.NewConnLimiter(protocol.ConnLimits{
+		MaxConnections: l.MaxConnections, MaxPerAddress: l.MaxConnectionsPerAddress,
+		RatePerAddress: l.ConnectionRatePerAddress, Burst: l.ConnectionBurst,
+	}, nil)
 }
 
 // MQTTConfig tunes the MQTT adapter. Every limit is finite.
@@ -282,6 +310,10 @@ const (
 func (c *Config) EnsureDefaults() {
 	setDefault(&c.DataDir, defaultDataDir)
 	setDefault(&c.Auth.Anonymous, defaultAnonymous)
+	setDefault(&c.Limits.MaxConnections, 100_000)
+	setDefault(&c.Limits.MaxConnectionsPerAddress, 1000)
+	setDefault(&c.Limits.ConnectionRatePerAddress, 100)
+	setDefault(&c.Limits.ConnectionBurst, 200)
 	setDefault(&c.DiskFreeLimit, defaultDiskFreeLimit)
 	setDefault(&c.ShutdownTimeout, defaultShutdownTimeout)
 	setDefault(&c.Listeners.MQTT, defaultMQTTAddr)
@@ -376,6 +408,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.Auth.validate(); err != nil {
+		return err
+	}
+	if err := c.Limits.validate(); err != nil {
 		return err
 	}
 	return c.MQTT.validate()

@@ -170,8 +170,9 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 		stompWS, mqttWS = web.stomp, web.mqtt
 	}
 
+	limiter := cfg.Limits.limiter()
 	stompCfg := cfg.STOMP.serverConfig()
-	stompCfg.Auth = auth
+	stompCfg.Auth, stompCfg.Limiter = auth, limiter
 	ss, err := stomp.NewServer(broker, stompCfg, log)
 	if err != nil {
 		return err
@@ -181,7 +182,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 		return err
 	}
 	mqttCfg := cfg.MQTT.serverConfig()
-	mqttCfg.Auth = auth
+	mqttCfg.Auth, mqttCfg.Limiter = auth, limiter
 	ms, err := mqtt.NewServer(broker, mqttCfg, log)
 	if err != nil {
 		return err
