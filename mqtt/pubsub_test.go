@@ -66,7 +66,7 @@ func TestPubSubQoS5(t *testing.T) {
 	if p.MaximumQoS != nil || !p.RetainAvailable || !p.SharedSubAvailable || sub.Connack.SessionPresent {
 		t.Fatalf("CONNACK properties %+v", p)
 	}
-	if p.MaximumPacketSize == nil || *p.MaximumPacketSize != 1<<20 || p.TopicAliasMaximum == nil || *p.TopicAliasMaximum != 64 {
+	if p.MaximumPacketSize == nil || *p.MaximumPacketSize != 16<<20 || p.TopicAliasMaximum == nil || *p.TopicAliasMaximum != 64 {
 		t.Fatalf("CONNACK limits %+v", p)
 	}
 }

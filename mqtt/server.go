@@ -129,7 +129,7 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		MaxPacketSize:         1 << 20,
+		MaxPacketSize:         16 << 20,
 		ReceiveMaximum:        1024,
 		MaxInflight:           1024,
 		KeepaliveMin:          5 * time.Second,

@@ -340,3 +340,40 @@ func TestAckAutoThenUnsubscribeKeepsMessageConsumed(t *testing.T) {
 		}
 	}
 }
+
+// A message property named like a header the broker sets itself (an MQTT
+// 5 user property "ack" or "message-id", published straight to the
+// engine here) is not passed on: a topic delivery, which carries no ack,
+// redelivered or x-delivery-count of its own, must not seem to.
+func TestPropertiesCannotSpoofBrokerHeaders(t *testing.T) {
+	br := startBroker(t, engine.Config{}, nil)
+	c := br.dial()
+	sub, err := c.Subscribe("/topic/spoof", gostomp.AckAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Send("/topic/other", "", []byte("sync"), gostomp.SendOpt.Receipt); err != nil {
+		t.Fatal(err) // the SUBSCRIBE is in place
+	}
+	var props []engine.Property
+	for _, k := range []string{"message-id", "subscription", "ack", "redelivered", "x-delivery-count", "destination", "content-length", "unit"} {
+		props = append(props, engine.Property{Key: k, Value: "spoof"})
+	}
+	if err := br.b.Publish(&engine.Message{Topic: "spoof", Body: []byte("x"), Props: props}); err != nil {
+		t.Fatal(err)
+	}
+	m := recv(t, sub)
+	for _, k := range []string{"message-id", "subscription", "destination", "content-length"} {
+		if vs := m.Header.GetAll(k); len(vs) != 1 || vs[0] == "spoof" {
+			t.Errorf("%s: %q, want only the broker's", k, vs)
+		}
+	}
+	for _, k := range []string{"ack", "redelivered", "x-delivery-count"} {
+		if vs := m.Header.GetAll(k); len(vs) != 0 {
+			t.Errorf("%s: %q, want none on an auto-ack topic delivery", k, vs)
+		}
+	}
+	if m.Header.Get("unit") != "spoof" {
+		t.Errorf("an ordinary property was dropped: %v", m.Header)
+	}
+}

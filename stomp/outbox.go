@@ -258,7 +258,12 @@ func (o *outbox) appendMessage(buf []byte, s *subscription, d engine.Delivery) [
 	}
 	f.Header.Add(frame.ContentLength, strconv.Itoa(len(m.Body)))
 	for _, p := range m.Props {
-		f.Header.Add(p.Key, p.Value)
+		// A property named like a header the broker sets (an MQTT 5 user
+		// property "ack" or "message-id") would pass for the broker's own:
+		// it is left out. STOMP SENDs never carry them (frameHeaders).
+		if !frameHeaders[p.Key] {
+			f.Header.Add(p.Key, p.Value)
+		}
 	}
 	f.Body = m.Body
 	return AppendFrame(buf, f, c.version(), c.version() != V10)
