@@ -39,6 +39,9 @@ type Broker struct {
 	bindings map[Binding]*route
 	closed   bool
 
+	// queuesRefused counts queue creations refused by Config.MaxQueues.
+	queuesRefused atomic.Uint64
+
 	refMu sync.Mutex
 	refs  map[uint64]uint32
 
@@ -321,6 +324,10 @@ func (b *Broker) declare(name string, opts QueueOptions, create, strict bool) (*
 	if q := b.queues[name]; q != nil {
 		return q, nil
 	}
+	if len(b.queues) >= b.cfg.MaxQueues {
+		b.queuesRefused.Add(1)
+		return nil, fmt.Errorf("%w (limit %d): %q", ErrTooManyQueues, b.cfg.MaxQueues, name)
+	}
 	q = b.newQueue(name, opts)
 	if q.durable {
 		if err := b.putQueueMeta(q); err != nil {
@@ -330,6 +337,10 @@ func (b *Broker) declare(name string, opts QueueOptions, create, strict bool) (*
 	b.queues[name] = q
 	return q, nil
 }
+
+// QueuesRefused reports how many queue creations Config.MaxQueues
+// refused.
+func (b *Broker) QueuesRefused() uint64 { return b.queuesRefused.Load() }
 
 func (b *Broker) putQueueMeta(q *Queue) error {
 	meta, err := json.Marshal(queueMeta{Version: 1, Policy: q.opts.Policy})

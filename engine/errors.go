@@ -9,6 +9,7 @@ var (
 	ErrQueueFull      = errors.New("engine: queue full")
 	ErrNoQueue        = errors.New("engine: no such queue")
 	ErrQueueExists    = errors.New("engine: queue exists with other settings")
+	ErrTooManyQueues  = errors.New("engine: too many queues")
 	ErrInvalidTopic   = errors.New("engine: invalid topic name")
 	ErrInvalidFilter  = errors.New("engine: invalid topic filter")
 	ErrInvalidQueue   = errors.New("engine: invalid queue name")

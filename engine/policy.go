@@ -184,6 +184,10 @@ type Config struct {
 	WindowBytes int64
 	// Rand seeds redelivery jitter; nil means a random seed.
 	Rand *rand.Rand
+	// MaxQueues bounds the queues (of every kind: named, subscription,
+	// session and temporary); creating one more fails with
+	// ErrTooManyQueues. 0 means 1,000,000.
+	MaxQueues int
 }
 
 // EnsureDefaults fills unset fields.
@@ -197,6 +201,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.WindowBytes == 0 {
 		c.WindowBytes = 8 << 20
+	}
+	if c.MaxQueues == 0 {
+		c.MaxQueues = 1_000_000
 	}
 	if c.Rand == nil {
 		c.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
@@ -221,6 +228,9 @@ func (c *Config) Validate() error {
 	}
 	if c.WindowBytes < 1 {
 		return fmt.Errorf("engine: window bytes must be positive, got %d", c.WindowBytes)
+	}
+	if c.MaxQueues < 1 {
+		return fmt.Errorf("engine: max queues must be positive, got %d", c.MaxQueues)
 	}
 	return nil
 }

@@ -402,6 +402,9 @@ func (c *conn) subscribeOne(f packets.Subscription) byte {
 		if errors.Is(err, engine.ErrInvalidFilter) || errors.Is(err, engine.ErrInvalidQueue) {
 			return packets.ErrTopicFilterInvalid.Code
 		}
+		if errors.Is(err, engine.ErrTooManyQueues) {
+			return packets.ErrQuotaExceeded.Code
+		}
 		return packets.ErrUnspecifiedError.Code
 	}
 	return qos

@@ -213,6 +213,9 @@ type QueuesConfig struct {
 	WindowSize int `yaml:"window_size"`
 	// WindowBytes bounds the body bytes of one queue's in-memory window.
 	WindowBytes ByteSize `yaml:"window_bytes"`
+	// MaxQueues bounds the queues of every kind (named, durable
+	// subscription, MQTT session, temporary).
+	MaxQueues int `yaml:"max_queues"`
 	// Default is the policy of every queue no rule matches.
 	Default PolicyConfig `yaml:"default"`
 	// Rules are tried in order; the first whose Match fits a queue's name
@@ -359,6 +362,7 @@ func (c *Config) EnsureDefaults() {
 	setDefault(&c.MQTT.ConnectTimeout, md.ConnectTimeout)
 	setDefault(&c.Queues.WindowSize, defaultWindowSize)
 	setDefault(&c.Queues.WindowBytes, defaultWindowBytes)
+	setDefault(&c.Queues.MaxQueues, 1_000_000)
 	setDefault(&c.WebSocket.MaxMessageSize, c.defaultWSMessageSize())
 	if len(c.WebSocket.AllowedOrigins) == 0 {
 		c.WebSocket.AllowedOrigins = nil // "allowed_origins: []" is the same as none
@@ -683,6 +687,7 @@ func (q QueuesConfig) engineConfig() engine.Config {
 		Default:     q.Default.policy(),
 		WindowSize:  q.WindowSize,
 		WindowBytes: int64(q.WindowBytes),
+		MaxQueues:   q.MaxQueues,
 	}
 	for _, r := range q.Rules {
 		ec.Rules = append(ec.Rules, engine.PolicyRule{Match: r.Match, Policy: r.policy()})

@@ -231,6 +231,7 @@ queues:
 		},
 		WindowSize:  512,
 		WindowBytes: 8 << 20,
+		MaxQueues:   1_000_000,
 	}
 	if !reflect.DeepEqual(ec, want) {
 		t.Errorf("engine config:\n got %+v\nwant %+v", ec, want)
