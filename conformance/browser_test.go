@@ -17,6 +17,7 @@ import (
 
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
 	gostomp "github.com/go-stomp/stomp/v3"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // These tests run browser clients in headless Chromium (Debian's
@@ -644,6 +645,30 @@ func TestBrowser_LivePage(t *testing.T) {
 		t.Errorf("the page's own message shows headers %q, want its content-type among them", h)
 	}
 	br.noPageErrors(page)
+}
+
+// TestBrowser_LivePageLogin: where every client must log in
+// (auth.anonymous: none), the live page is refused until a user logs in
+// with its login form; then it connects and subscribes.
+func TestBrowser_LivePageLogin(t *testing.T) {
+	br := startBrowser(t)
+	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := startTandemConfig(t, t.TempDir(), "websocket:\n  live_page: true\nauth:\n  anonymous: none\n  users:\n    - name: alice\n      password_hash: \""+string(hash)+"\"\n      publish: [\"#\"]\n      subscribe: [\"#\"]\n")
+	ws := wsAddr(t, b)
+	const page = "live-login"
+	if status := br.open(page, "http://"+ws+"/"); status != http.StatusOK {
+		t.Fatalf("GET / = %d, want 200", status)
+	}
+	br.do(page, "waitText", map[string]any{"selector": "#status", "text": "authentication failed"})
+	br.do(page, "fill", map[string]any{"selector": "#login", "value": "alice"})
+	br.do(page, "fill", map[string]any{"selector": "#passcode", "value": "pw"})
+	br.do(page, "click", map[string]any{"selector": "#log-in"})
+	br.do(page, "waitText", map[string]any{"selector": "#status", "text": "connected to ws://" + ws + "/stomp"})
+	br.do(page, "click", map[string]any{"selector": "#subscribe"})
+	br.do(page, "waitText", map[string]any{"selector": "#status", "text": "subscribed to sensors/#"})
 }
 
 // TestLivePage_OffByDefault: without websocket.live_page, / on the
