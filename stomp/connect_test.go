@@ -232,12 +232,15 @@ func TestHeartBeatSentWhenQuiet(t *testing.T) {
 
 	// go-stomp's client, asking for server heart-beats and sending none,
 	// stays connected through several of its read timeouts.
-	c := br.dial(gostomp.ConnOpt.HeartBeat(0, 100*time.Millisecond), gostomp.ConnOpt.HeartBeatError(50*time.Millisecond))
+	// The client gives up after 100 ms + 400 ms without a byte: room for
+	// a loaded CI machine (50 ms failed there once), while 2 s of quiet
+	// still spans four of its read timeouts.
+	c := br.dial(gostomp.ConnOpt.HeartBeat(0, 100*time.Millisecond), gostomp.ConnOpt.HeartBeatError(400*time.Millisecond))
 	sub, err := c.Subscribe("/queue/hb2", gostomp.AckAuto)
 	if err != nil {
 		t.Fatal(err)
 	}
-	timer := time.NewTimer(600 * time.Millisecond)
+	timer := time.NewTimer(2 * time.Second)
 	<-timer.C // several client read timeouts, none of them tripped
 	if err := c.Send("/queue/hb2", "", []byte("x"), gostomp.SendOpt.Receipt); err != nil {
 		t.Fatal(err)
