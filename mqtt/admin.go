@@ -31,9 +31,12 @@ func (s *Server) Connections() []protocol.ConnInfo {
 			Transport: protocol.Transport(c.nc),
 			Remote:    addrString(c.nc.RemoteAddr()),
 			Local:     addrString(c.nc.LocalAddr()),
-			User:      string(c.cl.Properties.Username),
+			User:      string(c.cl.Properties.Username), // without Config.Auth
 			ClientID:  c.cl.ID,
 			Version:   protocolVersion(c.cl.Properties.ProtocolVersion),
+		}
+		if c.ident != nil {
+			info.User = c.ident.User // as authenticated ("" for anonymous)
 		}
 		c.mu.Lock()
 		info.Subscriptions = make([]string, 0, len(c.subs))

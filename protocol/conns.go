@@ -97,7 +97,8 @@ type ConnInfo struct {
 	Transport string `json:"transport"`
 	Remote    string `json:"remote"`
 	Local     string `json:"local"`
-	// User is the login the client gave ("" for none).
+	// User is the user the connection authenticated as ("" for an
+	// anonymous one); without authentication, the login it gave.
 	User string `json:"user,omitempty"`
 	// ClientID is the MQTT client id, or the STOMP client-id header.
 	ClientID string `json:"client_id,omitempty"`

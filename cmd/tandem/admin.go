@@ -57,20 +57,30 @@ func writeText(w http.ResponseWriter, code int, body string) {
 type adminServer struct {
 	srv  *http.Server
 	ln   net.Listener
+	ops  *operations
 	done chan struct{} // closed when the serving goroutine returns
 	err  error         // why serving stopped, if not Shutdown; set before done closes
 }
 
-// startAdmin listens on addr and serves h in a goroutine that Shutdown
-// waits for.
-func startAdmin(addr string, h http.Handler, log zerolog.Logger) (*adminServer, error) {
+// startAdmin listens on addr and serves health, metrics and the admin API
+// (api.go) in a goroutine that Shutdown waits for. It reads (or makes) the
+// API token and records the bound address in the data directory.
+func startAdmin(addr string, ops *operations, ready *atomic.Bool, log zerolog.Logger) (*adminServer, error) {
+	ops.log = log
+	if err := ops.loadToken(); err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
+	if err := ops.writeAddr(ln.Addr().String()); err != nil {
+		return nil, errors.Join(err, ln.Close())
+	}
 	a := &adminServer{
+		ops: ops,
 		srv: &http.Server{
-			Handler:           h,
+			Handler:           ops.handler(ready),
 			ReadHeaderTimeout: adminReadHeaderTimeout,
 			ReadTimeout:       adminReadTimeout,
 			WriteTimeout:      adminWriteTimeout,
@@ -106,7 +116,7 @@ func (a *adminServer) Shutdown(ctx context.Context) error {
 		err = errors.Join(fmt.Errorf("admin server shutdown: %w", err), a.srv.Close())
 	}
 	<-a.done
-	return errors.Join(a.err, err)
+	return errors.Join(a.err, err, a.ops.removeAddr())
 }
 
 // warnWriter turns net/http's error log lines into zerolog warnings.

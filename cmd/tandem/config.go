@@ -145,7 +145,7 @@ type ListenersConfig struct {
 	MQTTTLS      string `yaml:"mqtt_tls"`
 	STOMPTLS     string `yaml:"stomp_tls"`
 	WebSocketTLS string `yaml:"websocket_tls"`
-	// Admin serves /healthz and /readyz.
+	// Admin serves /healthz, /readyz, /metrics and the admin API.
 	Admin string `yaml:"admin"`
 }
 

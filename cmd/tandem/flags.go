@@ -18,6 +18,7 @@ type flags struct {
 
 // usage is printed by -h.
 const usage = `Usage: tandem [flags]
+       tandem ctl [flags] COMMAND   (administer a running broker; tandem ctl -h)
 
 Tandem is a message broker speaking MQTT and STOMP over one engine.
 With no flags it starts on the embedded defaults (data in ./data).

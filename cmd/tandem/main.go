@@ -7,6 +7,9 @@
 // them all. SIGINT or SIGTERM shuts down gracefully and exits 0. A bad
 // configuration exits 2, a runtime failure 1, each after one line on
 // stderr.
+//
+// `tandem ctl COMMAND` administers a running broker through its admin API
+// (ctl.go): queues, bindings, policies, dead letters, connections.
 package main
 
 import (
@@ -25,6 +28,9 @@ func main() {
 func mainCode() int {
 	if len(os.Args) > 1 && os.Args[1] == "passwd" {
 		return passwd(os.Stdin, os.Stdout, os.Stderr)
+	}
+	if len(os.Args) > 1 && os.Args[1] == "ctl" {
+		return ctl(os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

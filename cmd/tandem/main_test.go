@@ -262,7 +262,7 @@ func TestStartStop(t *testing.T) {
 	// The store was closed cleanly: it opens again at once.
 	cfg := defaults()
 	cfg.DataDir = dataDir
-	store, err := openStore(cfg, zerolog.New(zerolog.NewTestWriter(t)))
+	store, err := openStore(cfg, zerolog.New(zerolog.NewTestWriter(t)), nil)
 	if err != nil {
 		t.Fatalf("reopen after shutdown: %v", err)
 	}

@@ -98,12 +98,13 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 	// The data directory is locked first, so that a second instance on the
 	// same directory reports that, rather than a busy admin port.
 	start := time.Now()
-	store, err := openStore(cfg, log)
+	ops := newOperations(cfg.DataDir)
+	store, err := openStore(cfg, log, ops.observeSync)
 	if err != nil {
 		return err
 	}
 	var ready atomic.Bool
-	admin, err := startAdmin(cfg.Listeners.Admin, newAdminHandler(&ready), log.With().Str("component", "admin").Logger())
+	admin, err := startAdmin(cfg.Listeners.Admin, ops, &ready, log.With().Str("component", "admin").Logger())
 	if err != nil {
 		if cerr := store.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("close data directory %s: %w", cfg.DataDir, cerr))
@@ -202,6 +203,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 		}
 	}
 
+	ops.attach(broker, ss, ms)
 	if ctx.Err() == nil {
 		ready.Store(true)
 		ev := log.Info().Str("admin", admin.Addr())
@@ -255,8 +257,8 @@ func applyBindings(b *engine.Broker, bindings []BindingConfig) error {
 }
 
 // openStore opens the Pebble store in cfg.DataDir, turning a held lock into
-// a clear message.
-func openStore(cfg Config, log zerolog.Logger) (*persist.Store, error) {
+// a clear message. onSync (may be nil) is told each group commit's time.
+func openStore(cfg Config, log zerolog.Logger, onSync func(time.Duration)) (*persist.Store, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, unwrapPathError(err))
 	}
@@ -266,6 +268,7 @@ func openStore(cfg Config, log zerolog.Logger) (*persist.Store, error) {
 		CacheSize:    int64(cfg.Storage.CacheSize),
 		MemTableSize: uint64(cfg.Storage.MemTableSize),
 		NoSync:       !*cfg.Storage.Sync,
+		OnSync:       onSync,
 	})
 	if errors.Is(err, persist.ErrLocked) {
 		return nil, fmt.Errorf("data directory %s is in use by another tandem process", cfg.DataDir)
