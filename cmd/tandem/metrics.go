@@ -141,12 +141,15 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	if t == nil {
 		return
 	}
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	metric := func(d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
+		m, err := prometheus.NewConstMetric(d, t, v, labels...)
+		if err != nil {
+			m = prometheus.NewInvalidMetric(d, err) // the scrape reports it; it never panics
+		}
+		ch <- m
 	}
-	counter := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
-	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) { metric(d, prometheus.GaugeValue, v, labels...) }
+	counter := func(d *prometheus.Desc, v float64, labels ...string) { metric(d, prometheus.CounterValue, v, labels...) }
 
 	now := time.Now()
 	clientQueues := map[string]*[2]int64{"mqtt_session": {}, "temporary": {}}
@@ -161,7 +164,9 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 		if f, err := t.broker.QueueFigure(qi.Name); err == nil {
 			qi = f
 		}
-		name := qi.Name
+		// Label values must be UTF-8; a STOMP client may name a queue
+		// otherwise.
+		name := strings.ToValidUTF8(qi.Name, "\uFFFD")
 		gauge(descQueueMessages, float64(qi.Messages), name)
 		gauge(descQueueReady, float64(qi.Messages-int64(qi.Unacked)), name)
 		gauge(descQueueUnacked, float64(qi.Unacked), name)

@@ -184,3 +184,16 @@ func TestMetricsSummarizeClientQueues(t *testing.T) {
 		}
 	}
 }
+
+// TestMetricsOddQueueNames scrapes with a queue whose name is not UTF-8
+// (a STOMP client can make one): the scrape still answers, with the name
+// made valid.
+func TestMetricsOddQueueNames(t *testing.T) {
+	dataDir := t.TempDir()
+	b := startInProcess(t, map[string]string{"TANDEM_DATA_DIR": dataDir})
+	ctlOK(t, dataDir, "queue", "create", "caf\xe9")
+	m := scrape(t, b.addr(t, "admin"))
+	if v, ok := m["tandem_queue_messages{queue=\"caf\uFFFD\"}"]; !ok || v != 0 {
+		t.Fatalf("series of the queue: %v %v", v, ok)
+	}
+}
