@@ -261,8 +261,10 @@ func TestAdminOperations(t *testing.T) {
 	if tok := sess.Connect(); !tok.WaitTimeout(waitTimeout) || tok.Error() != nil {
 		t.Fatalf("connect: %v", tok.Error())
 	}
-	if tok := sess.Subscribe("d/#", 1, nil); !tok.WaitTimeout(waitTimeout) || tok.Error() != nil {
-		t.Fatalf("subscribe: %v", tok.Error())
+	for _, f := range []string{"d/#", "$share/g2/x/#"} {
+		if tok := sess.Subscribe(f, 1, nil); !tok.WaitTimeout(waitTimeout) || tok.Error() != nil {
+			t.Fatalf("subscribe: %v", tok.Error())
+		}
 	}
 	sess.Disconnect(0)
 	durable := []func(*frame.Frame) error{gostomp.SubscribeOpt.Id("grp"), gostomp.SubscribeOpt.Header("durable", "true"), gostomp.SubscribeOpt.Header("auto-delete", "false")}
@@ -275,13 +277,16 @@ func TestAdminOperations(t *testing.T) {
 	var subs []apiSubscription
 	waitCond(t, "the session released", func() bool {
 		ctlJSON(t, dataDir, &subs, "subscriptions")
-		return len(subs) == 2 && !subs[0].Connected
+		return len(subs) == 3 && !subs[0].Connected
 	})
 	if s := subs[0]; s.Kind != "mqtt-session" || s.Name != "sess1" || s.Queue != "$mqtt/sess1" ||
-		!slices.Equal(s.Filters, []string{"d/# (QoS 1)"}) || s.ExpiresAt == nil {
+		!slices.Equal(s.Filters, []string{"$share/g2/x/# (QoS 1)", "d/# (QoS 1)"}) || s.ExpiresAt == nil {
 		t.Fatalf("session = %+v", s)
 	}
-	if s := subs[1]; s.Kind != "durable" || s.Name != "grp" || !slices.Equal(s.Filters, []string{"alerts/+"}) ||
+	if s := subs[1]; s.Kind != "shared" || s.Name != "g2" || s.Queue != "$share/g2/x/#" || !slices.Equal(s.Filters, []string{"x/#"}) || s.Connected {
+		t.Fatalf("shared subscription = %+v", s)
+	}
+	if s := subs[2]; s.Kind != "durable" || s.Name != "grp" || !slices.Equal(s.Filters, []string{"alerts/+"}) ||
 		!s.Connected || s.Consumers != 1 {
 		t.Fatalf("durable subscription = %+v", s)
 	}
