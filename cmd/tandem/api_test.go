@@ -16,6 +16,7 @@ import (
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
 	gostomp "github.com/go-stomp/stomp/v3"
 	"github.com/go-stomp/stomp/v3/frame"
+	"github.com/tandem-mq/tandem/protocol"
 )
 
 // runCtl runs `tandem ctl args` in this process, as someone would where
@@ -196,7 +197,7 @@ func TestAdminOperations(t *testing.T) {
 	waitCond(t, "jobs and jobs.dlq empty", func() bool { return queue("jobs").Messages == 0 && queue("jobs.dlq").Messages == 0 })
 
 	// Connections of both protocols, with their figures.
-	var conns []connJSON
+	var conns []protocol.ConnInfo
 	ctlJSON(t, dataDir, &conns, "connections")
 	var svcID string
 	for _, c := range conns {
@@ -204,7 +205,7 @@ func TestAdminOperations(t *testing.T) {
 			svcID = c.ID
 		}
 	}
-	mqttConn := slices.IndexFunc(conns, func(c connJSON) bool { return c.Protocol == "mqtt" && c.ID == "dev1" })
+	mqttConn := slices.IndexFunc(conns, func(c protocol.ConnInfo) bool { return c.Protocol == "mqtt" && c.ID == "dev1" })
 	if len(conns) != 3 || svcID == "" || mqttConn < 0 || conns[mqttConn].Transport != "tcp" ||
 		!slices.Equal(conns[mqttConn].Subscriptions, []string{"cmd/dev1"}) {
 		t.Fatalf("connections = %+v", conns)
@@ -318,9 +319,9 @@ func TestAdminOperations(t *testing.T) {
 }
 
 // ctlConnections lists the connections through tandem ctl.
-func ctlConnections(t *testing.T, dataDir string) []connJSON {
+func ctlConnections(t *testing.T, dataDir string) []protocol.ConnInfo {
 	t.Helper()
-	var cs []connJSON
+	var cs []protocol.ConnInfo
 	ctlJSON(t, dataDir, &cs, "connections")
 	return cs
 }

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/tandem-mq/tandem/protocol"
 )
 
 // `tandem ctl` is the command line of the admin API (api.go): a plain HTTP
@@ -505,7 +507,7 @@ func (c *ctlClient) dispatch(cmd string, args []string) error {
 			}
 		})
 	case "connections":
-		var cs []connJSON
+		var cs []protocol.ConnInfo
 		if err := c.call("GET", "/api/connections", nil, nil, &cs); err != nil {
 			return err
 		}
@@ -526,18 +528,6 @@ func (c *ctlClient) dispatch(cmd string, args []string) error {
 		return c.metrics()
 	}
 	return usagef("unknown command %q", cmd)
-}
-
-// connJSON is protocol.ConnInfo as the API writes it.
-type connJSON struct {
-	Protocol      string   `json:"protocol"`
-	ID            string   `json:"id"`
-	Transport     string   `json:"transport"`
-	Remote        string   `json:"remote"`
-	User          string   `json:"user"`
-	ClientID      string   `json:"client_id"`
-	Version       string   `json:"version"`
-	Subscriptions []string `json:"subscriptions"`
 }
 
 // metrics prints the tandem_* series of /metrics (every series with
