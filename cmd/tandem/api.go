@@ -240,7 +240,7 @@ func (o *operations) writeEngineError(w http.ResponseWriter, err error) {
 		errors.Is(err, engine.ErrInvalidTopic), errors.Is(err, engine.ErrInvalidPolicy),
 		errors.Is(err, protocol.ErrBadDestination):
 		code = http.StatusBadRequest
-	case errors.Is(err, engine.ErrQueueExists):
+	case errors.Is(err, engine.ErrQueueExists), errors.Is(err, engine.ErrTooManyQueues):
 		code = http.StatusConflict
 	case errors.Is(err, engine.ErrClosed):
 		code = http.StatusServiceUnavailable
