@@ -384,6 +384,7 @@ func (c *conn) subscribeOne(f packets.Subscription) byte {
 	full := !had && len(c.subs) >= c.s.cfg.MaxSubscriptions
 	c.mu.Unlock()
 	if full {
+		c.s.SubscriptionsRefused.Add(1)
 		return packets.ErrQuotaExceeded.Code
 	}
 	qos := min(f.Qos, 2)

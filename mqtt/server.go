@@ -209,6 +209,9 @@ type Server struct {
 	counts   protocol.ConnCounter // connections by transport (admin.go)
 	// Dropped counts QoS 0 messages dropped for slow subscribers.
 	Dropped atomic.Uint64
+	// SubscriptionsRefused counts subscriptions refused for
+	// Config.MaxSubscriptions.
+	SubscriptionsRefused atomic.Uint64
 	// RetainedRefused counts RETAIN publishes not retained because the
 	// retained store was at MaxRetained or MaxRetainedBytes.
 	RetainedRefused atomic.Uint64

@@ -74,26 +74,34 @@ func (id *Identity) rules() (Rules, bool, bool) {
 // CanPublishTopic reports whether the identity may publish to topic.
 func (id *Identity) CanPublishTopic(topic string) bool {
 	rs, all, ok := id.rules()
-	return ok && (all || allowTopic(rs.Publish, id.User, id.Client, topic))
+	return id.count(&id.a.deniedPublish, ok && (all || allowTopic(rs.Publish, id.User, id.Client, topic)))
 }
 
 // CanSubscribeFilter reports whether the identity may subscribe to filter
 // (every topic it can match).
 func (id *Identity) CanSubscribeFilter(filter string) bool {
 	rs, all, ok := id.rules()
-	return ok && (all || allowFilter(rs.Subscribe, id.User, id.Client, filter))
+	return id.count(&id.a.deniedSubscribe, ok && (all || allowFilter(rs.Subscribe, id.User, id.Client, filter)))
 }
 
 // CanSendQueue reports whether the identity may send to queue.
 func (id *Identity) CanSendQueue(queue string) bool {
 	rs, all, ok := id.rules()
-	return ok && (all || allowQueue(rs.Publish, id.User, id.Client, queue))
+	return id.count(&id.a.deniedPublish, ok && (all || allowQueue(rs.Publish, id.User, id.Client, queue)))
 }
 
 // CanConsumeQueue reports whether the identity may consume from queue.
 func (id *Identity) CanConsumeQueue(queue string) bool {
 	rs, all, ok := id.rules()
-	return ok && (all || allowQueue(rs.Subscribe, id.User, id.Client, queue))
+	return id.count(&id.a.deniedSubscribe, ok && (all || allowQueue(rs.Subscribe, id.User, id.Client, queue)))
+}
+
+// count counts a refusal in n and returns allowed.
+func (id *Identity) count(n *atomic.Uint64, allowed bool) bool {
+	if !allowed {
+		n.Add(1)
+	}
+	return allowed
 }
 
 // userSet is an immutable set of users, swapped whole on reload.
@@ -105,6 +113,9 @@ type userSet struct {
 type Authenticator struct {
 	users     atomic.Pointer[userSet]
 	anonymous atomic.Value // AnonymousMode
+
+	// Refusals, for metrics.
+	failed, deniedPublish, deniedSubscribe atomic.Uint64
 
 	// Failed attempts per remote address slow that address down.
 	mu       sync.Mutex
@@ -169,6 +180,17 @@ func (a *Authenticator) SetUsers(users []User, anonymous AnonymousMode) error {
 	return nil
 }
 
+// Refused reports the refusals so far: failed logins ("authentication"),
+// publishes and sends ("publish") and subscriptions ("subscribe") the
+// rules did not allow.
+func (a *Authenticator) Refused() map[string]uint64 {
+	return map[string]uint64{
+		"authentication": a.failed.Load(),
+		"publish":        a.deniedPublish.Load(),
+		"subscribe":      a.deniedSubscribe.Load(),
+	}
+}
+
 // Users reports how many users are configured.
 func (a *Authenticator) Users() int { return len(a.users.Load().byName) }
 
@@ -191,6 +213,7 @@ func (a *Authenticator) Authenticate(c Credentials) (*Identity, error) {
 	if err == nil {
 		return id, nil
 	}
+	a.failed.Add(1)
 	if d := a.fail(c.Remote); d > 0 {
 		time.Sleep(d)
 	}

@@ -244,6 +244,7 @@ func (c *conn) onSubscribe(f *frame.Frame) error {
 		return errorf(f, "subscription id %q already in use", truncate(id))
 	}
 	if len(c.subs) >= c.s.cfg.MaxSubscriptions {
+		c.s.SubscriptionsRefused.Add(1)
 		return errorf(f, "too many subscriptions (limit %d)", c.s.cfg.MaxSubscriptions)
 	}
 	mode, err := parseAckMode(f.Header.Get(frame.Ack))

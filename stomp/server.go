@@ -112,6 +112,9 @@ type Server struct {
 	counts   protocol.ConnCounter // connections by transport (admin.go)
 	// Dropped counts topic messages dropped for slow subscribers.
 	Dropped atomic.Uint64
+	// SubscriptionsRefused counts SUBSCRIBEs refused for
+	// Config.MaxSubscriptions.
+	SubscriptionsRefused atomic.Uint64
 }
 
 // NewServer returns a server for b.

@@ -58,9 +58,11 @@ const (
 
 // targets are what the API and the metrics read once the broker runs.
 type targets struct {
-	broker *engine.Broker
-	stomp  *stomp.Server
-	mqtt   *mqtt.Server
+	broker  *engine.Broker
+	stomp   *stomp.Server
+	mqtt    *mqtt.Server
+	auth    *protocol.Authenticator
+	limiter *protocol.ConnLimiter
 }
 
 // targetsRef holds the targets, nil until the broker is ready.
@@ -89,8 +91,8 @@ func newOperations(dataDir string) *operations {
 func (o *operations) observeSync(d time.Duration) { o.metrics.observeSync(d) }
 
 // attach gives the API and the metrics the running broker and servers.
-func (o *operations) attach(b *engine.Broker, ss *stomp.Server, ms *mqtt.Server) {
-	o.targets.set(&targets{broker: b, stomp: ss, mqtt: ms})
+func (o *operations) attach(b *engine.Broker, ss *stomp.Server, ms *mqtt.Server, auth *protocol.Authenticator, limiter *protocol.ConnLimiter) {
+	o.targets.set(&targets{broker: b, stomp: ss, mqtt: ms, auth: auth, limiter: limiter})
 }
 
 // loadToken reads <data_dir>/admin.token, creating it on first use.

@@ -117,6 +117,10 @@ var (
 		"Open client connections, by protocol (mqtt, stomp) and transport (tcp, tls, websocket, wss).", connLabels, nil)
 	descConnectionsOpened = prometheus.NewDesc("tandem_connections_opened_total",
 		"Client connections accepted since the broker started.", connLabels, nil)
+	descRefusals = prometheus.NewDesc("tandem_refusals_total",
+		"Requests refused by a limit or a permission, by reason: connections_total, connections_per_address, connection_rate "+
+			"(limits.*), authentication (failed logins), publish and subscribe (permission rules), subscriptions "+
+			"(per-connection limit), queues (queues.max_queues).", []string{"reason"}, nil)
 	descTopicDropped = prometheus.NewDesc("tandem_topic_messages_dropped_total",
 		"Non-durable topic messages dropped for subscribers too slow to take them (their connection's buffer was full).", []string{"protocol"}, nil)
 )
@@ -128,7 +132,7 @@ type brokerCollector struct{ t *targetsRef }
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueueMessages, descQueueReady, descQueueUnacked, descQueueBytes,
 		descQueueConsumers, descQueueOldest, descClientQueues, descClientQueueMessages,
-		descConnections, descConnectionsOpened, descTopicDropped} {
+		descConnections, descConnectionsOpened, descTopicDropped, descRefusals} {
 		ch <- d
 	}
 	for _, qc := range queueCounters {
@@ -195,6 +199,24 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(descConnectionsOpened, float64(tc.Opened), p.name, tc.Transport)
 		}
 		counter(descTopicDropped, float64(p.dropped), p.name)
+	}
+
+	refusals := map[string]uint64{
+		"subscriptions": t.mqtt.SubscriptionsRefused.Load() + t.stomp.SubscriptionsRefused.Load(),
+		"queues":        t.broker.QueuesRefused(),
+	}
+	if t.limiter != nil {
+		for k, v := range t.limiter.Refused() {
+			refusals[map[string]string{"total": "connections_total", "address": "connections_per_address", "rate": "connection_rate"}[k]] = v
+		}
+	}
+	if t.auth != nil {
+		for k, v := range t.auth.Refused() {
+			refusals[k] = v
+		}
+	}
+	for reason, v := range refusals {
+		counter(descRefusals, float64(v), reason)
 	}
 }
 

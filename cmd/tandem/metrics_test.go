@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -11,6 +13,7 @@ import (
 
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
 	gostomp "github.com/go-stomp/stomp/v3"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // scrape fetches /metrics (no token: it is open on the admin listener) and
@@ -195,5 +198,38 @@ func TestMetricsOddQueueNames(t *testing.T) {
 	m := scrape(t, b.addr(t, "admin"))
 	if v, ok := m["tandem_queue_messages{queue=\"caf\uFFFD\"}"]; !ok || v != 0 {
 		t.Fatalf("series of the queue: %v %v", v, ok)
+	}
+}
+
+// TestMetricsCountRefusals: a failed login and a subscription outside the
+// user's rules are each counted in tandem_refusals_total by reason.
+func TestMetricsCountRefusals(t *testing.T) {
+	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(t.TempDir(), "tandem.yaml")
+	if err := os.WriteFile(config, []byte("auth:\n  anonymous: none\n  users:\n    - name: alice\n      password_hash: \""+string(hash)+"\"\n      subscribe: [\"a/#\"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := startInProcess(t, nil, "--config", config)
+	stompAddr := b.addr(t, "stomp")
+	if _, err := gostomp.Dial("tcp", stompAddr, gostomp.ConnOpt.Login("alice", "wrong"), gostomp.ConnOpt.HeartBeat(0, 0)); err == nil {
+		t.Fatal("a wrong password was let in")
+	}
+	sc, err := gostomp.Dial("tcp", stompAddr, gostomp.ConnOpt.Login("alice", "pw"), gostomp.ConnOpt.HeartBeat(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sc.Subscribe("/topic/b.#", gostomp.AckAuto); err != nil {
+		t.Fatal(err)
+	}
+	// The refusal is an ERROR: a RECEIPT never comes, the connection ends.
+	_ = sc.Send("/topic/a.x", "", []byte("x"), gostomp.SendOpt.Receipt)
+	m := scrape(t, b.addr(t, "admin"))
+	for reason, want := range map[string]float64{"authentication": 1, "subscribe": 1, "publish": 0, "connections_total": 0} {
+		if got := m[`tandem_refusals_total{reason="`+reason+`"}`]; got != want {
+			t.Errorf("refusals %s = %v, want %v", reason, got, want)
+		}
 	}
 }

@@ -203,7 +203,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 		}
 	}
 
-	ops.attach(broker, ss, ms)
+	ops.attach(broker, ss, ms, auth, limiter)
 	if ctx.Err() == nil {
 		ready.Store(true)
 		ev := log.Info().Str("admin", admin.Addr())
