@@ -49,6 +49,8 @@ type conn struct {
 	// inQoS counts QoS 1 publishes read and not yet acked, and QoS 2 ones
 	// not yet completed (MQTT 5 Receive Maximum [MQTT-3.3.4-7]).
 	inQoS atomic.Int32
+	// aliases are the client's topic aliases (read goroutine only).
+	aliases map[uint16]string
 	// q2in are the inbound QoS 2 ids awaiting PUBREL (qos2.go); a
 	// persistent session's map is the session's.
 	q2mu sync.Mutex
@@ -205,6 +207,26 @@ func (c *conn) disconnect(code packets.Code) {
 // checkPublish refuses, before mochi handles it, a PUBLISH over Receive
 // Maximum, and answers one to $SYS itself.
 func (c *conn) checkPublish(pk packets.Packet) (packets.Packet, error) {
+	if a := pk.Properties.TopicAlias; c.v5 && pk.Properties.TopicAliasFlag && a > 0 && int(a) <= c.s.cfg.TopicAliasMax {
+		// Topic aliases (MQTT 5 §3.3.2.3.4) are resolved here, before the
+		// checks below need the topic: mochi would resolve an alias this
+		// connection never set to "" and the publish would be refused as
+		// a bad topic, where the spec says protocol error [MQTT-3.3.2-7,
+		// §3.3.4]. Bounded by Config.TopicAliasMax.
+		if pk.TopicName == "" {
+			topic, ok := c.aliases[a]
+			if !ok {
+				c.disconnect(packets.ErrProtocolViolation)
+				return pk, packets.ErrRejectPacket
+			}
+			pk.TopicName = topic
+		} else {
+			if c.aliases == nil {
+				c.aliases = make(map[uint16]string)
+			}
+			c.aliases[a] = pk.TopicName
+		}
+	}
 	qos := pk.FixedHeader.Qos
 	resent := qos == 2 && c.hasReceived(pk.PacketID) // answered again, not counted
 	switch {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/tandem-mq/tandem/mqtt"
 )
 
 // MQTT 3.1.1 refusals use 3.1.1 return codes: clean session 0 with an
@@ -96,4 +97,56 @@ func deref(p *uint16) any {
 		return nil
 	}
 	return *p
+}
+
+// MQTT 5 topic aliases: an alias set by a PUBLISH stands for its topic in
+// later ones (and a $SYS topic behind an alias is still refused with
+// 0x87); an alias the connection never set is a protocol error, DISCONNECT
+// 0x82 (aliases do not outlive their connection [MQTT-3.3.2-7]), not a
+// PUBACK refusing a bad topic.
+func TestTopicAliases(t *testing.T) {
+	br := startBroker(t, options{})
+	ch := engineSub(t, br.b, "al/#")
+	c, _ := br.dialRaw("al", 5, packets.Properties{})
+	pub := func(topic string, alias, id uint16) {
+		c.send(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+			TopicName:   topic, PacketID: id, Payload: []byte("m"),
+			Properties: packets.Properties{TopicAlias: alias, TopicAliasFlag: true},
+		})
+	}
+	pub("al/x", 3, 1)
+	c.expect(packets.Puback, 1, 0)
+	pub("", 3, 2)
+	c.expect(packets.Puback, 2, 0)
+	for range 2 {
+		if m := recvEngine(t, ch); m.Topic != "al/x" {
+			t.Fatalf("got %s, want al/x", m.Topic)
+		}
+	}
+	pub("$SYS/x", 5, 3)
+	c.expect(packets.Puback, 3, 0x87)
+	pub("", 5, 4)
+	c.expect(packets.Puback, 4, 0x87)
+	pub("", 4, 5)
+	if pk := c.read(); pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != 0x82 {
+		t.Fatalf("unknown alias: got %+v, want DISCONNECT 0x82", pk.FixedHeader)
+	}
+}
+
+// MQTT 3.1.1 keepalive 0 turns the keepalive off: a client that only
+// receives is never cut off for silence (MQTT 5 clients are told the
+// maximum instead, TestServerKeepAlive). mochi sets no read deadline for
+// 0, which is what this checks through the hook's decision.
+func TestKeepaliveZeroV311(t *testing.T) {
+	br := startBroker(t, options{cfg: func(c *mqtt.Config) { c.KeepaliveMin, c.KeepaliveMax = time.Second, time.Second }})
+	c, _ := br.dialConnect("idle", 4, func(pk *packets.Packet) { pk.Connect.Keepalive = 0 })
+	// With the maximum (1 s) applied, the server would close the
+	// connection after 1.5 s of silence; 3 s later it is still open.
+	_ = c.nc.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if pk, err := c.tryRead(); err == nil {
+		t.Fatalf("got %+v", pk.FixedHeader)
+	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		t.Fatalf("the connection was closed: %v", err)
+	}
 }

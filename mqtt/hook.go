@@ -59,14 +59,20 @@ func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 	}
 	lo, hi := uint16(cfg.KeepaliveMin/time.Second), uint16(cfg.KeepaliveMax/time.Second)
 	ka := cl.State.Keepalive
+	v5 := cl.Properties.ProtocolVersion == 5
 	switch {
+	case ka == 0 && !v5:
+		// MQTT 3.1.1 keepalive 0: no keepalive, as the client asked and
+		// cannot be told otherwise (a subscriber that only receives never
+		// sends a packet). A dead peer is still found by TCP keepalive
+		// (Go's listeners probe every 15 s).
 	case ka == 0 || ka > hi:
-		// Idle connections are bounded: without a keepalive, or with a
-		// longer one, the server still closes one silent for 1.5 times the
-		// maximum (MQTT 3.1.1 allows a server to close an inactive
-		// connection at any time, §3.1.2.10).
+		// Told to MQTT 5 clients (Server Keep Alive); an MQTT 3.1.1 client
+		// with a longer keepalive is closed when silent for 1.5 times the
+		// maximum (a 3.1.1 server may close an inactive connection at any
+		// time, §3.1.2.10).
 		ka = hi
-	case ka < lo && cl.Properties.ProtocolVersion == 5:
+	case ka < lo && v5:
 		// Raised, and the client told. An MQTT 3.1.1 client cannot be
 		// told, and the server MUST close the connection after 1.5 times
 		// its keepalive [MQTT-3.1.2-24], so its short one is kept.

@@ -80,11 +80,12 @@ type Config struct {
 	// the client's Receive Maximum, clamped to this (MQTT 3.1.1 clients,
 	// which have none, get this).
 	MaxInflight int
-	// KeepaliveMin and KeepaliveMax bound the keepalive: a client asking for
-	// 0 or more than the maximum gets the maximum (MQTT 5 clients are told
-	// with Server Keep Alive), an MQTT 5 client asking for less than the
-	// minimum gets the minimum. An MQTT 3.1.1 client cannot be told: its
-	// keepalive below the minimum is kept, as the spec requires.
+	// KeepaliveMin and KeepaliveMax bound the keepalive. An MQTT 5 client
+	// asking for 0 or more than the maximum gets the maximum, less than
+	// the minimum the minimum, and is told (Server Keep Alive). An MQTT
+	// 3.1.1 client cannot be told: more than the maximum gets the maximum,
+	// 0 (no keepalive) and less than the minimum are kept, as the spec
+	// requires.
 	KeepaliveMin, KeepaliveMax time.Duration
 	// SessionExpiryMax caps the session expiry interval of a persistent
 	// session (MQTT 5 Session Expiry Interval; an MQTT 3.1.1 clean
