@@ -239,7 +239,8 @@ bench() {
 		args+=(--conns "$IDLE_CONNS" --pid "${pid[$b]}")
 		;;
 	esac
-	log "round $round: $s against $b"
+	# Other work on the machine shows in the load average before a run.
+	log "round $round: $s against $b (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 	if [[ $b == tandem && $s =~ ^mqtt-(fanin|fanout|persist)$ ]]; then perf_start "$s-r$round"; fi
 	"$work/tandem-bench" "$s" "${args[@]}" || rc=$?
 	perf_stop
