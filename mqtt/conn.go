@@ -194,6 +194,24 @@ func (c *conn) takenOver() {
 	c.disconnect(packets.ErrSessionTakenOver)
 }
 
+// closeInOrder ends the connection from its read goroutine after what it
+// owes the client: the acks of the publishes read before (committed
+// first), then, for MQTT 5, DISCONNECT with code; then the close. mochi's
+// DisconnectClient would write the DISCONNECT ahead of acks still queued,
+// which would be lost, and the client would send those messages again.
+func (c *conn) closeInOrder(code packets.Code) {
+	c.pipe.barrier()
+	if c.v5 {
+		c.out.control(encode(packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Disconnect},
+			ReasonCode:      code.Code,
+			ProtocolVersion: 5,
+		}))
+	}
+	c.out.flush(writeTimeout)
+	c.cl.Stop(code)
+}
+
 // disconnect ends the connection with an MQTT 5 DISCONNECT reason code
 // (just a close for MQTT 3.1.1).
 func (c *conn) disconnect(code packets.Code) {
@@ -216,7 +234,7 @@ func (c *conn) checkPublish(pk packets.Packet) (packets.Packet, error) {
 		if pk.TopicName == "" {
 			topic, ok := c.aliases[a]
 			if !ok {
-				c.disconnect(packets.ErrProtocolViolation)
+				c.closeInOrder(packets.ErrProtocolViolation)
 				return pk, packets.ErrRejectPacket
 			}
 			pk.TopicName = topic
@@ -231,7 +249,7 @@ func (c *conn) checkPublish(pk packets.Packet) (packets.Packet, error) {
 	resent := qos == 2 && c.hasReceived(pk.PacketID) // answered again, not counted
 	switch {
 	case qos > 0 && !resent && c.v5 && int(c.inQoS.Load()) >= c.s.cfg.ReceiveMaximum:
-		c.disconnect(packets.ErrReceiveMaximum)
+		c.closeInOrder(packets.ErrReceiveMaximum)
 		return pk, packets.ErrRejectPacket
 	case qos > 0 && isSysTopic(pk.TopicName):
 		// mochi drops a publish to $SYS without an ack, leaving a QoS 1

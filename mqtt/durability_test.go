@@ -119,7 +119,8 @@ func TestRefusedPublishReasonCode(t *testing.T) {
 
 // An MQTT 5 client over the server's Receive Maximum is disconnected with
 // 0x93 [MQTT-3.3.4-7]. The store holds the commits so that no PUBACK frees
-// a slot meanwhile.
+// a slot meanwhile; the DISCONNECT follows the PUBACKs of the publishes
+// before it, once their commit is through.
 func TestReceiveMaximumExceeded(t *testing.T) {
 	gate := newGateStore()
 	br := startBroker(t, options{store: gate, cfg: func(c *mqtt.Config) { c.ReceiveMaximum = 2 }})
@@ -135,10 +136,12 @@ func TestReceiveMaximumExceeded(t *testing.T) {
 		c.publish("rm", 1, i, "x")
 	}
 	<-gate.entered
+	gate.open()
+	c.expect(packets.Puback, 1, 0)
+	c.expect(packets.Puback, 2, 0)
 	if pk := c.read(); pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != 0x93 {
 		t.Fatalf("got %+v, want DISCONNECT 0x93", pk)
 	}
-	gate.open()
 }
 
 // A QoS 1 publish to $SYS/... is refused with an ack in order with the

@@ -340,6 +340,8 @@ func encode(pk packets.Packet) []byte {
 		err = pk.PubrelEncode(&buf)
 	case packets.Pubcomp:
 		err = pk.PubcompEncode(&buf)
+	case packets.Disconnect:
+		err = pk.DisconnectEncode(&buf)
 	case packets.Suback:
 		err = pk.SubackEncode(&buf)
 	case packets.Unsuback:

@@ -23,6 +23,9 @@ type outItem struct {
 	// retained marks a retained message sent because of a SUBSCRIBE: it
 	// goes out with RETAIN 1, whatever the session queue carries.
 	retained bool
+	// flushed, when set, is closed once everything queued before it has
+	// been written (flush).
+	flushed chan struct{}
 }
 
 // outbox is a connection's outbound queue and its writer: a mutex-guarded
@@ -178,6 +181,27 @@ func (o *outbox) resume(pkt []byte) {
 	o.paused = false
 	o.mu.Unlock()
 	o.wake()
+}
+
+// flush returns once everything queued before it has been written, the
+// writer has stopped, or timeout has passed.
+func (o *outbox) flush(timeout time.Duration) {
+	ch := make(chan struct{})
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return
+	}
+	o.items = append(o.items, outItem{flushed: ch})
+	o.mu.Unlock()
+	o.wake()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-o.done:
+	case <-t.C:
+	}
 }
 
 // close stops the writer after what is queued and waits for it.
@@ -401,6 +425,7 @@ func (o *outbox) run() {
 		pb    bytes.Buffer
 		acks  []flight // queue deliveries done once written
 		held  []outItem
+		dones []chan struct{} // flush barriers of this round
 	)
 	for {
 		var closed bool
@@ -424,7 +449,12 @@ func (o *outbox) run() {
 			}
 		}
 		clear(held)
+		dones = dones[:0]
 		for i := range items {
+			if items[i].flushed != nil {
+				dones = append(dones, items[i].flushed)
+				continue
+			}
 			var ok bool
 			buf, acks, ok = o.appendItem(buf, &pb, acks, &items[i], now)
 			if !ok {
@@ -437,6 +467,9 @@ func (o *outbox) run() {
 		}
 		if len(buf) > 0 && !o.write(buf) {
 			return
+		}
+		for _, ch := range dones {
+			close(ch)
 		}
 		o.ackWritten(acks)
 		if cap(buf) > 1<<20 {

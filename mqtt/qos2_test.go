@@ -7,6 +7,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/tandem-mq/tandem/engine"
 	"github.com/tandem-mq/tandem/engine/memstore"
+	"github.com/tandem-mq/tandem/mqtt"
 )
 
 var versions = []struct {
@@ -229,4 +230,23 @@ func kvCount(t *testing.T, b *engine.Broker, ns string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// Over Receive Maximum (MQTT 5: QoS 1 and 2 publishes count until PUBACK
+// and PUBCOMP), the connection ends with DISCONNECT 0x93, but only after
+// the acks of every publish before it: 1,024 PUBRECs, then the DISCONNECT
+// (mochi alone wrote its DISCONNECT ahead of acks still queued).
+func TestReceiveMaximumAcksFirst(t *testing.T) {
+	br := startBroker(t, options{})
+	c, _ := br.dialRaw("fc", 5, packets.Properties{})
+	max := mqtt.DefaultConfig().ReceiveMaximum
+	for i := 1; i <= max+1; i++ {
+		c.publish("fc/x", 2, uint16(i), "m")
+	}
+	for i := 1; i <= max; i++ {
+		c.expect(packets.Pubrec, uint16(i), 0)
+	}
+	if pk := c.read(); pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != 0x93 {
+		t.Fatalf("after %d PUBRECs got %+v, want DISCONNECT 0x93", max, pk.FixedHeader)
+	}
 }
