@@ -53,26 +53,31 @@ func ValidateFilter(filter string) error {
 	}
 }
 
-// MatchTopic reports whether filter matches topic. It is the plain
-// reference the trie is tested against; both must be valid.
+// MatchTopic reports whether filter matches topic, level by level without
+// allocating (adapters call it per delivery and subscription). It is also
+// the plain reference the trie is tested against; both must be valid.
 func MatchTopic(filter, topic string) bool {
 	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
 		return false // [MQTT-4.7.2-1]
 	}
-	f := strings.Split(filter, "/")
-	t := strings.Split(topic, "/")
-	for i, level := range f {
-		if level == "#" {
+	for {
+		fl, frest, fmore := strings.Cut(filter, "/")
+		if fl == "#" {
 			return true // '#' also matches the parent level [MQTT-4.7.1-2]
 		}
-		if i >= len(t) {
+		tl, trest, tmore := strings.Cut(topic, "/")
+		if fl != "+" && fl != tl {
 			return false
 		}
-		if level != "+" && level != t[i] {
-			return false
+		switch {
+		case fmore && tmore:
+			filter, topic = frest, trest
+		case fmore:
+			return frest == "#" // the topic ended: only "/#" matches its parent
+		default:
+			return !tmore
 		}
 	}
-	return len(f) == len(t)
 }
 
 // trie indexes topic filters for matching. Each subscriber is a value of

@@ -163,3 +163,39 @@ func TestSubSet(t *testing.T) {
 		}
 	}
 }
+
+// matchTopicSplit is the first, splitting MatchTopic, kept to check the
+// allocation-free one against.
+func matchTopicSplit(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	f := strings.Split(filter, "/")
+	t := strings.Split(topic, "/")
+	for i, level := range f {
+		if level == "#" {
+			return true
+		}
+		if i >= len(t) {
+			return false
+		}
+		if level != "+" && level != t[i] {
+			return false
+		}
+	}
+	return len(f) == len(t)
+}
+
+func FuzzMatchTopicSame(f *testing.F) {
+	for _, s := range [][2]string{{"a/#", "a"}, {"a/+/#", "a"}, {"+", ""}, {"a//b", "a//b"}, {"+/+", "a/"}, {"#", "$x"}, {"a/b", "a/b/c"}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, filter, topic string) {
+		if ValidateFilter(filter) != nil || ValidateTopic(topic) != nil {
+			return
+		}
+		if got, want := MatchTopic(filter, topic), matchTopicSplit(filter, topic); got != want {
+			t.Fatalf("MatchTopic(%q, %q) = %v, the splitting one says %v", filter, topic, got, want)
+		}
+	})
+}
