@@ -498,7 +498,11 @@ func (b *Broker) Consume(queue string, sink Sink, opts ConsumeOptions) (*Consume
 }
 
 // Queues describes every queue, sorted by name.
-func (b *Broker) Queues() []QueueInfo {
+func (b *Broker) Queues() []QueueInfo { return b.describeQueues((*Queue).info) }
+
+// describeQueues describes every queue with describe, sorted by name. The
+// broker lock is held only to list them.
+func (b *Broker) describeQueues(describe func(*Queue) QueueInfo) []QueueInfo {
 	b.mu.RLock()
 	qs := make([]*Queue, 0, len(b.queues))
 	for _, q := range b.queues {
@@ -507,7 +511,7 @@ func (b *Broker) Queues() []QueueInfo {
 	b.mu.RUnlock()
 	out := make([]QueueInfo, 0, len(qs))
 	for _, q := range qs {
-		out = append(out, q.info())
+		out = append(out, describe(q))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

@@ -1,7 +1,5 @@
 package engine
 
-import "sort"
-
 // Figures for operators: what the admin API lists and the metrics endpoint
 // exports. They cost more than Queues (a store read for a queue whose
 // backlog waits on disk), so the hot paths never call them.
@@ -13,18 +11,7 @@ func (b *Broker) QueueFigures() []QueueInfo {
 		return nil
 	}
 	defer b.leave()
-	b.mu.RLock()
-	qs := make([]*Queue, 0, len(b.queues))
-	for _, q := range b.queues {
-		qs = append(qs, q)
-	}
-	b.mu.RUnlock()
-	out := make([]QueueInfo, 0, len(qs))
-	for _, q := range qs {
-		out = append(out, q.figures())
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
+	return b.describeQueues((*Queue).figures)
 }
 
 // QueueFigure is QueueFigures for one queue.
