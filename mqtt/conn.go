@@ -323,13 +323,13 @@ func (c *conn) subscribe(pk packets.Packet) {
 			codes[i] = packets.ErrUnspecifiedError.Code // the only MQTT 3.1.1 failure code
 		}
 	}
+	rets := c.retainedFor(pk.Filters, codes, had)
 	c.out.resume(encode(packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Suback},
 		PacketID:        pk.PacketID,
 		ReasonCodes:     codes,
 		ProtocolVersion: c.cl.Properties.ProtocolVersion,
-	}))
-	c.sendRetained(pk.Filters, codes, had)
+	}), rets...)
 }
 
 // restore re-creates the subscriptions of a resumed session (before any

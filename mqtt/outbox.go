@@ -125,20 +125,6 @@ func (o *outbox) deliver(d engine.Delivery) {
 	o.wake()
 }
 
-// deliverRetained queues a retained message for a new subscription. Not
-// bounded by TopicBuffer: their number is bounded by the retained store,
-// and QoS 1 ones by the window.
-func (o *outbox) deliverRetained(m *engine.Message) {
-	o.mu.Lock()
-	if o.closed {
-		o.mu.Unlock()
-		return
-	}
-	o.items = append(o.items, outItem{d: engine.Delivery{Msg: m, Count: 1}, retained: true})
-	o.mu.Unlock()
-	o.wake()
-}
-
 // control queues an encoded packet, waiting while Config.ReceiveMaximum of
 // them are queued. False if the connection is closing.
 func (o *outbox) control(pkt []byte) bool {
@@ -170,12 +156,20 @@ func (o *outbox) pause() {
 	o.mu.Unlock()
 }
 
-// resume queues pkt (not bounded: the SUBACK of pause's caller) ahead of
-// what was delivered since pause, and lets the writer go on.
-func (o *outbox) resume(pkt []byte) {
+// resume queues pkt (not bounded: the SUBACK of pause's caller), then the
+// retained messages rets (with RETAIN 1; bounded by the retained store,
+// QoS 1 ones by the window), ahead of what was delivered since pause, and
+// lets the writer go on.
+func (o *outbox) resume(pkt []byte, rets ...*engine.Message) {
 	o.mu.Lock()
 	if !o.closed && pkt != nil {
-		o.items = slices.Insert(o.items, min(o.pauseAt, len(o.items)), outItem{pkt: pkt})
+		at := min(o.pauseAt, len(o.items))
+		ins := make([]outItem, 0, 1+len(rets))
+		ins = append(ins, outItem{pkt: pkt})
+		for _, m := range rets {
+			ins = append(ins, outItem{d: engine.Delivery{Msg: m, Count: 1}, retained: true})
+		}
+		o.items = slices.Insert(o.items, at, ins...)
 		o.ctrls++
 	}
 	o.paused = false

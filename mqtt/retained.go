@@ -148,12 +148,18 @@ func (s *Server) retainedFor(filter string, now time.Time) []*engine.Message {
 	return ms
 }
 
-// sendRetained queues, after a SUBACK, the retained messages of the
-// filters that were granted, as their Retain Handling asks (0: always, 1:
-// only for a new subscription, 2: never [MQTT-3.3.1-9..11]). None for
-// $share/ [MQTT 4.8.2] and $queue/.
-func (c *conn) sendRetained(filters []packets.Subscription, codes []byte, had []bool) {
+// retainedFor returns the retained messages a SUBSCRIBE's granted filters
+// get, as their Retain Handling asks (0: always, 1: only for a new
+// subscription, 2: never [MQTT-3.3.1-9..11]). None for $share/ [MQTT
+// 4.8.2] and $queue/.
+//
+// It returns them rather than queueing them: subscribe takes this snapshot
+// before its SUBACK can be written and queues it right behind the SUBACK.
+// Taken after, a message published in between (the client already
+// subscribed) would arrive twice, live and retained.
+func (c *conn) retainedFor(filters []packets.Subscription, codes []byte, had []bool) []*engine.Message {
 	now := time.Now()
+	var out []*engine.Message
 	for i, f := range filters {
 		if codes[i] >= packets.ErrUnspecifiedError.Code || f.RetainHandling == 2 || (f.RetainHandling == 1 && had[i]) {
 			continue
@@ -161,8 +167,7 @@ func (c *conn) sendRetained(filters []packets.Subscription, codes []byte, had []
 		if strings.HasPrefix(f.Filter, sharePrefix) || strings.HasPrefix(f.Filter, queuePrefix) {
 			continue
 		}
-		for _, m := range c.s.retainedFor(f.Filter, now) {
-			c.out.deliverRetained(m)
-		}
+		out = append(out, c.s.retainedFor(f.Filter, now)...)
 	}
+	return out
 }
