@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -209,7 +210,31 @@ func (c *conn) closeInOrder(code packets.Code) {
 		}))
 	}
 	c.out.flush(writeTimeout)
+	c.lingerClose()
 	c.cl.Stop(code)
+}
+
+// Bounds of a lingering close.
+const (
+	lingerTimeout = 2 * time.Second
+	lingerBytes   = 1 << 20
+)
+
+// lingerClose half-closes the connection and reads what the client still
+// sends, for at most lingerTimeout and lingerBytes, before it is closed. A
+// client that answers the PUBRECs it finds before the DISCONNECT (with
+// PUBRELs) would otherwise have them hit a closed socket, and the reset
+// that comes back discards the DISCONNECT still unread in its buffer. Only
+// the read goroutine may call it (it reads the socket itself).
+func (c *conn) lingerClose() {
+	cw, ok := c.nc.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	if c.nc.SetReadDeadline(time.Now().Add(lingerTimeout)) != nil {
+		return
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(c.nc, lingerBytes))
 }
 
 // disconnect ends the connection with an MQTT 5 DISCONNECT reason code
