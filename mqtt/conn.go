@@ -50,6 +50,8 @@ type conn struct {
 	// inQoS counts QoS 1 publishes read and not yet acked, and QoS 2 ones
 	// not yet completed (MQTT 5 Receive Maximum [MQTT-3.3.4-7]).
 	inQoS atomic.Int32
+	// closing is set once closeInOrder began (tests wait for it).
+	closing atomic.Bool
 	// aliases are the client's topic aliases (read goroutine only).
 	aliases map[uint16]string
 	// q2in are the inbound QoS 2 ids awaiting PUBREL (qos2.go); a
@@ -201,6 +203,7 @@ func (c *conn) takenOver() {
 // DisconnectClient would write the DISCONNECT ahead of acks still queued,
 // which would be lost, and the client would send those messages again.
 func (c *conn) closeInOrder(code packets.Code) {
+	c.closing.Store(true)
 	c.pipe.barrier()
 	if c.v5 {
 		c.out.control(encode(packets.Packet{

@@ -136,6 +136,9 @@ func TestReceiveMaximumExceeded(t *testing.T) {
 		c.publish("rm", 1, i, "x")
 	}
 	<-gate.entered
+	// The commit is held until the server has read the third publish and
+	// decided to disconnect: a PUBACK before that would free a slot.
+	waitUntil(t, "the server to refuse the third publish", func() bool { return br.srv.ClosingForTest("c") })
 	gate.open()
 	c.expect(packets.Puback, 1, 0)
 	c.expect(packets.Puback, 2, 0)
