@@ -41,6 +41,10 @@ type Broker struct {
 
 	// queuesRefused counts queue creations refused by Config.MaxQueues.
 	queuesRefused atomic.Uint64
+	// diskAlarm, when set, refuses every publish (SetDiskAlarm);
+	// diskRefused counts the refusals.
+	diskAlarm   atomic.Pointer[error]
+	diskRefused atomic.Uint64
 
 	refMu sync.Mutex
 	refs  map[uint64]uint32
@@ -336,6 +340,30 @@ func (b *Broker) declare(name string, opts QueueOptions, create, strict bool) (*
 	}
 	b.queues[name] = q
 	return q, nil
+}
+
+// SetDiskAlarm refuses every publish with err (wrapping ErrDiskFull) while
+// free disk space is under the limit, or lets publishes through again with
+// nil. Acks, consumption and purges go on: they free space. Nothing
+// already confirmed is dropped.
+func (b *Broker) SetDiskAlarm(err error) {
+	if err == nil {
+		b.diskAlarm.Store(nil)
+		return
+	}
+	b.diskAlarm.Store(&err)
+}
+
+// DiskRefused reports how many publishes the disk alarm refused.
+func (b *Broker) DiskRefused() uint64 { return b.diskRefused.Load() }
+
+// diskAlarmErr is the refusal of a publish while the disk alarm is on.
+func (b *Broker) diskAlarmErr() error {
+	if p := b.diskAlarm.Load(); p != nil {
+		b.diskRefused.Add(1)
+		return *p
+	}
+	return nil
 }
 
 // QueuesRefused reports how many queue creations Config.MaxQueues

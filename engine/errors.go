@@ -10,6 +10,7 @@ var (
 	ErrNoQueue        = errors.New("engine: no such queue")
 	ErrQueueExists    = errors.New("engine: queue exists with other settings")
 	ErrTooManyQueues  = errors.New("engine: too many queues")
+	ErrDiskFull       = errors.New("engine: free disk space is under the limit")
 	ErrInvalidTopic   = errors.New("engine: invalid topic name")
 	ErrInvalidFilter  = errors.New("engine: invalid topic filter")
 	ErrInvalidQueue   = errors.New("engine: invalid queue name")

@@ -54,6 +54,9 @@ func (tx *Txn) Publish(m *Message) error {
 		return ErrTxnDone
 	}
 	err := validateDestination(m)
+	if err == nil {
+		err = tx.b.diskAlarmErr()
+	}
 	if tx.batch {
 		tx.pubs = append(tx.pubs, m)
 		tx.errs = append(tx.errs, err)

@@ -265,7 +265,7 @@ func (p *pipeline) ack(it pubItem, err error) bool {
 // reason.
 func reasonCode(err error) byte {
 	switch {
-	case errors.Is(err, engine.ErrQueueFull), errors.Is(err, engine.ErrTooManyQueues):
+	case errors.Is(err, engine.ErrQueueFull), errors.Is(err, engine.ErrTooManyQueues), errors.Is(err, engine.ErrDiskFull):
 		return packets.ErrQuotaExceeded.Code
 	case errors.Is(err, engine.ErrInvalidTopic), errors.Is(err, engine.ErrInvalidQueue):
 		return packets.ErrTopicNameInvalid.Code

@@ -176,6 +176,10 @@ func sendError(f *frame.Frame, err error) error {
 		return &protoError{msg: "message refused: queue full", detail: err.Error(), frame: f}
 	case errors.Is(err, engine.ErrInvalidTopic), errors.Is(err, engine.ErrInvalidQueue):
 		return &protoError{msg: "message refused: bad destination", detail: err.Error(), frame: f}
+	case errors.Is(err, engine.ErrDiskFull):
+		return &protoError{msg: "message refused: disk space low", detail: err.Error(), frame: f}
+	case errors.Is(err, engine.ErrTooManyQueues):
+		return &protoError{msg: "message refused: too many queues", detail: err.Error(), frame: f}
 	case errors.Is(err, engine.ErrClosed):
 		return &protoError{msg: "server shutting down", frame: f}
 	}

@@ -31,8 +31,8 @@ import (
 type Config struct {
 	// DataDir is the directory of the Pebble database.
 	DataDir string `yaml:"data_dir"`
-	// DiskFreeLimit is the free disk space under which publishers will be
-	// refused. Not enforced yet.
+	// DiskFreeLimit is the free disk space (of the data directory's file
+	// system) under which publishes are refused (disk.go).
 	DiskFreeLimit ByteSize `yaml:"disk_free_limit"`
 	// ShutdownTimeout bounds how long a graceful shutdown waits for open
 	// connections to finish before closing them.

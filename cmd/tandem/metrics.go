@@ -120,7 +120,7 @@ var (
 	descRefusals = prometheus.NewDesc("tandem_refusals_total",
 		"Requests refused by a limit or a permission, by reason: connections_total, connections_per_address, connection_rate "+
 			"(limits.*), authentication (failed logins), publish and subscribe (permission rules), subscriptions "+
-			"(per-connection limit), queues (queues.max_queues).", []string{"reason"}, nil)
+			"(per-connection limit), queues (queues.max_queues), disk (publishes refused under disk_free_limit).", []string{"reason"}, nil)
 	descTopicDropped = prometheus.NewDesc("tandem_topic_messages_dropped_total",
 		"Non-durable topic messages dropped for subscribers too slow to take them (their connection's buffer was full).", []string{"protocol"}, nil)
 )
@@ -204,6 +204,7 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	refusals := map[string]uint64{
 		"subscriptions": t.mqtt.SubscriptionsRefused.Load() + t.stomp.SubscriptionsRefused.Load(),
 		"queues":        t.broker.QueuesRefused(),
+		"disk":          t.broker.DiskRefused(),
 	}
 	if t.limiter != nil {
 		for k, v := range t.limiter.Refused() {

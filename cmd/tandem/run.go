@@ -139,6 +139,8 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, stopSignals func
 		return err
 	}
 	logAccess(auth, cfg.Auth, log)
+	stopDiskWatch := startDiskWatch(broker, cfg, log)
+	defer stopDiskWatch() // before the deferred shutdown closes the broker
 
 	var tlsCfg, wssCfg *tls.Config
 	if cfg.TLS.enabled() {
