@@ -1,7 +1,6 @@
 package mqtt
 
 import (
-	"crypto/tls"
 	"errors"
 	"strings"
 
@@ -37,7 +36,7 @@ func (s *Server) authenticate(cl *mochi.Client, pk *packets.Packet) (*protocol.I
 		Remote:   cl.Net.Conn.RemoteAddr(),
 		User:     string(pk.Connect.Username),
 		Password: pass,
-		CertUser: certUser(cl),
+		CertUser: protocol.CertUser(cl.Net.Conn),
 		Client:   cl.ID,
 	})
 	if err == nil {
@@ -58,20 +57,6 @@ func (s *Server) authenticate(cl *mochi.Client, pk *packets.Packet) (*protocol.I
 	}
 	_ = s.ms.SendConnack(cl, code, false, nil)
 	return nil, code
-}
-
-// certUser is the user a verified TLS client certificate names (its
-// subject's common name), "" for none.
-func certUser(cl *mochi.Client) string {
-	tc, ok := cl.Net.Conn.(*tls.Conn)
-	if !ok {
-		return ""
-	}
-	st := tc.ConnectionState()
-	if len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
-		return ""
-	}
-	return st.PeerCertificates[0].Subject.CommonName
 }
 
 // mayPublish reports whether the connection may publish to topic (an MQTT

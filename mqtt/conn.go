@@ -33,10 +33,10 @@ type conn struct {
 
 	// Session, fixed at CONNECT: sess is nil for a clean session.
 	sess      *session
-	present   bool        // CONNACK session present
-	reqExpiry uint32      // MQTT 5 Session Expiry Interval asked for
-	expiry    uint32      // granted (capped)
-	will      *willRecord // the CONNECT's will, stored; nil for none
+	present   bool               // CONNACK session present
+	reqExpiry uint32             // MQTT 5 Session Expiry Interval asked for
+	expiry    uint32             // granted (capped)
+	will      *willRecord        // the CONNECT's will, stored; nil for none
 	ident     *protocol.Identity // nil without Config.Auth: everything allowed
 	release   func()             // the connection's Limiter slot (teardown)
 

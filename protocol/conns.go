@@ -111,3 +111,24 @@ type ConnInfo struct {
 	// the client wrote them, STOMP destinations.
 	Subscriptions []string `json:"subscriptions"`
 }
+
+// CertUser is the user a verified TLS client certificate names (its
+// subject's common name) on a TLS or wss:// connection; "" for none (no
+// TLS, no certificate, or one not verified against tls.client_ca).
+func CertUser(nc net.Conn) string {
+	var tc *tls.Conn
+	switch c := nc.(type) {
+	case *tls.Conn:
+		tc = c
+	case *wsConn:
+		tc, _ = c.raw.(*tls.Conn)
+	}
+	if tc == nil {
+		return ""
+	}
+	st := tc.ConnectionState()
+	if len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
+		return ""
+	}
+	return st.PeerCertificates[0].Subject.CommonName
+}

@@ -202,4 +202,3 @@ func TestFailureDelay(t *testing.T) {
 }
 
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
-

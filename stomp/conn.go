@@ -409,7 +409,7 @@ func stateConnecting(c *conn, f *frame.Frame) error {
 		}
 		id, err := auth.Authenticate(protocol.Credentials{
 			Remote: c.nc.RemoteAddr(), User: user, Password: []byte(pass),
-			CertUser: certUser(c.nc), Client: client,
+			CertUser: protocol.CertUser(c.nc), Client: client,
 		})
 		if err != nil {
 			c.log.Info().Str("login", user).Err(err).Msg("authentication failed")

@@ -1,8 +1,6 @@
 package stomp
 
 import (
-	"crypto/tls"
-	"net"
 	"strings"
 
 	"github.com/tandem-mq/tandem/engine"
@@ -37,18 +35,4 @@ func (c *conn) maySubscribe(d protocol.Destination) bool {
 		return c.ident.CanConsumeQueue(d.Name)
 	}
 	return c.ident.CanSubscribeFilter(d.Name)
-}
-
-// certUser is the user a verified TLS client certificate names (its
-// subject's common name), "" for none.
-func certUser(nc net.Conn) string {
-	tc, ok := nc.(*tls.Conn)
-	if !ok {
-		return ""
-	}
-	st := tc.ConnectionState()
-	if len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
-		return ""
-	}
-	return st.PeerCertificates[0].Subject.CommonName
 }

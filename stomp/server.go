@@ -26,7 +26,6 @@ import (
 // ErrServerClosed is returned by Serve after Close.
 var ErrServerClosed = errors.New("stomp: server closed")
 
-
 // Config is the STOMP server's configuration. Every limit is finite.
 type Config struct {
 	Limits Limits

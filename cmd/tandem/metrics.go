@@ -153,7 +153,9 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- m
 	}
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) { metric(d, prometheus.GaugeValue, v, labels...) }
-	counter := func(d *prometheus.Desc, v float64, labels ...string) { metric(d, prometheus.CounterValue, v, labels...) }
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		metric(d, prometheus.CounterValue, v, labels...)
+	}
 
 	now := time.Now()
 	clientQueues := map[string]*[2]int64{"mqtt_session": {}, "temporary": {}}

@@ -9,12 +9,14 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	gostomp "github.com/go-stomp/stomp/v3"
 )
 
@@ -92,5 +94,25 @@ auth:
 	}
 	if _, err := gostomp.Connect(dialTLS(t, b.addr(t, "stomp_tls"), tlsCfg), gostomp.ConnOpt.HeartBeat(0, 0), gostomp.ConnOpt.Host("/")); err == nil {
 		t.Fatal("a client without certificate or login was let in")
+	}
+}
+
+// The same over wss://: the WebSocket TLS listener asks for client
+// certificates too, and a verified one names the user.
+func TestClientCertificateOverWSS(t *testing.T) {
+	dir := t.TempDir()
+	caFile, config := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "tandem.yaml")
+	cert := clientCert(t, caFile, "device7")
+	err := os.WriteFile(config, []byte("tls:\n  client_ca: "+caFile+"\nauth:\n  anonymous: none\n  users:\n    - name: device7\n      publish: [\"devices/%u/#\"]\n"), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, tlsCfg, _, _ := tlsBroker(t, nil, "--config", config)
+	withCert := tlsCfg.Clone()
+	withCert.Certificates = []tls.Certificate{cert}
+	httpc := &http.Client{Transport: &http.Transport{TLSClientConfig: withCert}}
+	sc := stompOverWS(t, "wss://"+b.addr(t, "websocket_tls")+"/stomp", &websocket.DialOptions{HTTPClient: httpc, Subprotocols: []string{"v12.stomp"}})
+	if err := sc.Send("/topic/devices.device7.temp", "", []byte("21"), gostomp.SendOpt.Receipt); err != nil {
+		t.Fatalf("publishing as device7 over wss: %v", err)
 	}
 }
