@@ -45,6 +45,11 @@ func stateConnected(c *conn, f *frame.Frame) error {
 		return c.onAbort(f)
 	case frame.DISCONNECT:
 		c.closing = true
+		// The subscriptions end before the RECEIPT is queued: a client
+		// holding its RECEIPT is gone, and a message published after it
+		// must wait in its durable subscription, not be sent to this
+		// connection and come back marked redelivered.
+		c.teardown()
 		c.out.control(c.receiptFor(f), true)
 		return nil
 	case frame.CONNECT, frame.STOMP:

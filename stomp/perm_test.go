@@ -128,3 +128,25 @@ func TestConnectionLimit(t *testing.T) {
 	waitFor(t, "the slot to come back", func() bool { return lim.Open() == 0 })
 	br.dial()
 }
+
+// STOMP 1.2 §DISCONNECT: once the client has the RECEIPT of its
+// DISCONNECT it is gone. Its subscriptions have ended by then, so a
+// message published after the RECEIPT waits (here, in the queue) instead
+// of being sent to the closing connection and coming back redelivered.
+func TestDisconnectReceiptAfterSubscriptionsEnd(t *testing.T) {
+	br := startBroker(t, engine.Config{}, nil)
+	if err := br.b.DeclareQueue("d", engine.QueueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		rc := br.rawConnect("accept-version:1.2", "host:x")
+		rc.send("SUBSCRIBE", nil, "destination:/queue/d", "id:s", "ack:client-individual")
+		rc.send("DISCONNECT", nil, "receipt:bye")
+		if f := rc.read(); f.Command != "RECEIPT" || f.Get("receipt-id") != "bye" {
+			t.Fatalf("round %d: got %s %v", i, f.Command, f.Headers)
+		}
+		if q, err := br.b.QueueInfo("d"); err != nil || q.Consumers != 0 {
+			t.Fatalf("round %d: after the DISCONNECT RECEIPT the queue still has %d consumers (%v)", i, q.Consumers, err)
+		}
+	}
+}
