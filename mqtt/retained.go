@@ -35,6 +35,7 @@ func (s *Server) loadRetained() error {
 			return nil
 		}
 		s.retained[key] = m
+		s.retTree.put(key, m)
 		s.retBytes += int64(len(m.Body))
 		return nil
 	})
@@ -123,10 +124,12 @@ func (s *Server) storeRetained(batch []pubItem, errs []error) error {
 		if old := s.retained[op.Key]; old != nil {
 			s.retBytes -= int64(len(old.Body))
 			delete(s.retained, op.Key)
+			s.retTree.put(op.Key, nil)
 		}
 		if !op.Delete {
 			m := batch[idx[k]].m
 			s.retained[op.Key] = m
+			s.retTree.put(op.Key, m)
 			s.retBytes += int64(len(m.Body))
 		}
 	}
@@ -138,11 +141,11 @@ func (s *Server) storeRetained(batch []pubItem, errs []error) error {
 func (s *Server) retainedFor(filter string, now time.Time) []*engine.Message {
 	s.retMu.RLock()
 	var ms []*engine.Message
-	for t, m := range s.retained {
-		if engine.MatchTopic(filter, t) && !m.Expired(now) {
+	s.retTree.match(filter, func(m *engine.Message) {
+		if !m.Expired(now) {
 			ms = append(ms, m)
 		}
-	}
+	})
 	s.retMu.RUnlock()
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Topic < ms[j].Topic })
 	return ms

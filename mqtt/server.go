@@ -200,6 +200,7 @@ type Server struct {
 	// and retBytes, the sum of their payloads.
 	retMu    sync.RWMutex
 	retained map[string]*engine.Message
+	retTree  retainTree // the same messages by topic level, for SUBSCRIBE
 	retBytes int64
 
 	// willMu guards wills, the wills waiting for their delay (will.go).
