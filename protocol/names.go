@@ -98,7 +98,7 @@ func ParseSTOMP(dest string, filter bool) (Destination, error) {
 		// session and temporary queues): a client may send to a temporary
 		// queue it was given as reply-to, but not read one, nor touch the
 		// others directly.
-		if strings.HasPrefix(name, "$") && (filter || !strings.HasPrefix(name, tempQueuePrefix)) {
+		if strings.HasPrefix(name, "$") && (filter || !IsTempQueue(name)) {
 			return Destination{}, fmt.Errorf("%w: %q: queue names starting with '$' are reserved", ErrBadDestination, dest)
 		}
 		return Destination{Kind: Queue, Name: name}, nil
@@ -144,3 +144,7 @@ func TempQueueName(connID, name string) string {
 }
 
 const tempQueuePrefix = "$tmp/"
+
+// IsTempQueue reports whether name is a connection's temporary queue
+// (TempQueueName).
+func IsTempQueue(name string) bool { return strings.HasPrefix(name, tempQueuePrefix) }

@@ -1,8 +1,6 @@
 package stomp
 
 import (
-	"strings"
-
 	"github.com/tandem-mq/tandem/engine"
 	"github.com/tandem-mq/tandem/protocol"
 )
@@ -17,7 +15,7 @@ func (c *conn) mayPublish(m *engine.Message) bool {
 	switch {
 	case c.ident == nil:
 		return true
-	case m.ToQueue && strings.HasPrefix(m.Topic, protocol.TempQueueName("", "")):
+	case m.ToQueue && protocol.IsTempQueue(m.Topic):
 		return true
 	case m.ToQueue:
 		return c.ident.CanSendQueue(m.Topic)

@@ -150,3 +150,30 @@ func TestDisconnectReceiptAfterSubscriptionsEnd(t *testing.T) {
 		}
 	}
 }
+
+// Temporary queues need no permission: a user with no queue rule for them
+// may send to its own (/temp-queue/) and reply to another's (the
+// /queue/$tmp/... reply-to it was given).
+func TestTempQueuesNeedNoPermission(t *testing.T) {
+	br := startBroker(t, engine.Config{}, func(c *stomp.Config) {
+		c.Auth = newAuth(t, protocol.AnonymousNone, "alice", "pw", []string{"queue:jobs"}, []string{"queue:jobs"})
+	})
+	login := gostomp.ConnOpt.Login("alice", "pw")
+	requester := br.dial(login)
+	if err := requester.Send("/queue/jobs", "", []byte("req"), gostomp.SendOpt.Receipt, gostomp.SendOpt.Header("reply-to", "/temp-queue/r")); err != nil {
+		t.Fatalf("send with a temporary reply-to: %v", err)
+	}
+	worker := br.dial(login)
+	sub, err := worker.Subscribe("/queue/jobs", gostomp.AckAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := recv(t, sub)
+	replyTo := m.Header.Get("reply-to")
+	if !strings.HasPrefix(replyTo, "/queue/$tmp/") {
+		t.Fatalf("reply-to %q", replyTo)
+	}
+	if err := worker.Send(replyTo, "", []byte("answer"), gostomp.SendOpt.Receipt); err != nil {
+		t.Fatalf("reply to a temporary queue: %v", err)
+	}
+}
